@@ -1,0 +1,57 @@
+"""Trace a QANN into a torch.fx GraphModule whose nodes carry shapes."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ann2snn.errors import ConversionError
+from ann2snn.layers import QCFS, Affine
+from ann2snn.neurons import StatefulModule
+
+#: Modules kept as single nodes (leaves) besides torch.nn's own.
+LEAF_MODULES = (QCFS, Affine, StatefulModule)
+
+
+class Ann2SnnTracer(fx.Tracer):
+    """A tracer that keeps ann2snn layers whole; torch.nn modules are leaves as usual."""
+
+    def __init__(self, leaf_modules: tuple[type, ...] = LEAF_MODULES) -> None:
+        super().__init__()
+        self.leaf_modules = leaf_modules
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaf_modules) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module, *, example_input: torch.Tensor, leaf_modules=LEAF_MODULES) -> fx.GraphModule:
+    """Symbolically trace ``model`` and record every node's output shape with ``example_input``.
+
+    Example:
+        >>> gm = trace(net, example_input=torch.zeros(1, 1, 8, 8))
+    """
+    if isinstance(model, fx.GraphModule):
+        gm = model
+    else:
+        tracer = Ann2SnnTracer(leaf_modules)
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError, ... for Python control flow
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConversionError(
+                f"model cannot be traced by torch.fx ({type(exc).__name__}: {first}); remove data-dependent "
+                "Python control flow (if/for on tensor values) from forward(), or wrap that code in a leaf module"
+            ) from exc
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(
+            f"model does not run on an input of shape {tuple(example_input.shape)} ({first}); "
+            "pass the input shape the model was trained on (--input-shape C,H,W)"
+        ) from exc
+    return gm
