@@ -1,0 +1,3 @@
+from ann2snn.cli.main import main
+
+main()
