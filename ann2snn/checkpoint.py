@@ -97,7 +97,7 @@ def _read(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc).lower() and "weights only" not in str(exc).lower():
+        if "unsupported global" not in str(exc).lower():  # anything else: not a pickle of objects at all
             raise CheckpointError(f"{str(path)!r} is not a readable PyTorch file (corrupt or truncated?)") from exc
         if not trust_pickle:
             raise CheckpointError(

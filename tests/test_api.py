@@ -1,0 +1,20 @@
+"""The public API: every exported name imports; `import ann2snn` stays free of CLI dependencies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import ann2snn
+
+
+def test_every_public_name_imports():
+    for name in ann2snn.__all__:
+        assert getattr(ann2snn, name) is not None, name
+
+
+def test_import_does_not_pull_cli_dependencies():
+    code = ("import sys, ann2snn; bad = [m for m in ('click', 'rich', 'matplotlib') if m in sys.modules]; "
+            "print(','.join(bad)); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"import ann2snn imported: {r.stdout.strip()} {r.stderr[-500:]}"
