@@ -1,19 +1,51 @@
-"""Datasets as tensors: scikit-learn's bundled digits (the embedded default). No downloads, ever."""
+"""Datasets as tensors: scikit-learn's bundled digits, MNIST (IDX files), CIFAR-10/100 (python batches).
+
+No downloads, ever: MNIST and CIFAR are read from directories the user names. Images are float32
+``[N, C, H, W]``, normalized with the dataset's standard mean/std (digits: scaled to [0, 1]); training-time
+augmentation (random crop with padding, horizontal flip) is written with torch ops and seeded.
+
+>>> data = load_dataset("mnist:../shared/data/mnist")
+>>> data.x_train.shape, data.num_classes
+(torch.Size([60000, 1, 28, 28]), 10)
+"""
 
 from __future__ import annotations
 
+import gzip
+import io
+import os
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ann2snn.errors import Ann2SnnError
 
-__all__ = ["Dataset", "load_digits", "load_dataset", "batches"]
+__all__ = ["Dataset", "DataError", "load_digits", "load_mnist", "load_cifar", "load_dataset", "batches",
+           "augment", "read_idx", "default_mnist_dir", "DATASETS"]
+
+#: spec name -> (standard mean, standard std) per channel
+NORMALIZATION = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+DATASETS = ("digits", "mnist", "cifar10", "cifar100")
+
+
+class DataError(Ann2SnnError):
+    """A dataset that is missing or not in the expected format."""
 
 
 @dataclass
 class Dataset:
-    """A train/test split of images ``[N, C, H, W]`` (float32) and labels ``[N]`` (int64)."""
+    """A train/test split of images ``[N, C, H, W]`` (float32) and labels ``[N]`` (int64).
+
+    ``mean``/``std`` are the per-channel normalization already applied (``None``: raw [0, 1] values);
+    ``augment`` names the training augmentation the dataset is usually trained with (``"crop+flip"`` for CIFAR,
+    ``None`` otherwise), applied by :func:`augment` in the training loop.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -21,10 +53,16 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    augment: str | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+
+# --------------------------------------------------------------------------------------------------- digits
 
 
 def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -40,12 +78,237 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     return Dataset("digits", x[train], y[train], x[test], y[test], 10)
 
 
+# ---------------------------------------------------------------------------------------------------- MNIST
+
+_IDX_DTYPES = {0x08: torch.uint8, 0x09: torch.int8, 0x0B: torch.int16, 0x0C: torch.int32, 0x0D: torch.float32,
+               0x0E: torch.float64}
+
+
+def read_idx(path: str | os.PathLike) -> torch.Tensor:
+    """One IDX file (raw or gzip, detected from its first bytes) as a tensor of its stored dtype and shape."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{str(path)!r} is a corrupt gzip file ({exc}); re-extract the MNIST files") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{str(path)!r} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'}); "
+                        "MNIST must be the original idx1/idx3-ubyte files, raw or .gz")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{str(path)!r} is a truncated IDX file (header cut off)")
+    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    count = 1
+    for s in shape:
+        count *= s
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if len(raw) - header != count * itemsize:
+        raise DataError(f"{str(path)!r} holds {len(raw) - header} data bytes but its header says {shape} "
+                        f"({count * itemsize} bytes); the file is truncated or corrupt")
+    t = torch.frombuffer(bytearray(raw[header:]), dtype=dtype)
+    if itemsize > 1:  # IDX stores big-endian
+        import sys
+
+        if sys.byteorder == "little":
+            t = t.view(torch.uint8).reshape(-1, itemsize).flip(1).reshape(-1).view(dtype)
+    return t.reshape(shape)
+
+
+def default_mnist_dir() -> Path:
+    """``$ANN2SNN_MNIST``, else ``../shared/data/mnist`` next to the repository."""
+    env = os.environ.get("ANN2SNN_MNIST")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist"
+
+
+def _find_idx(directory: Path, split: str, kind: str, ndim: int) -> Path:
+    stem_a, stem_b = f"{split}-{kind}-idx{ndim}-ubyte", f"{split}-{kind}.idx{ndim}-ubyte"
+    for stem in (stem_a, stem_b):
+        for name in (stem, stem + ".gz"):
+            if (directory / name).is_file():
+                return directory / name
+    raise DataError(f"MNIST directory {str(directory)!r} has no {stem_a}[.gz] (or {stem_b}[.gz]); it must hold the "
+                    "four original MNIST IDX files: train-images, train-labels, t10k-images, t10k-labels")
+
+
+def _check_dir(directory: Path, what: str, hint: str) -> None:
+    if not directory.exists():
+        raise DataError(f"{what} directory {str(directory)!r} does not exist; {hint}")
+    if not directory.is_dir():
+        raise DataError(f"{what} path {str(directory)!r} is not a directory; {hint}")
+
+
+def load_mnist(path: str | os.PathLike | None = None, *, normalize: bool = True) -> Dataset:
+    """MNIST from a directory of IDX files (``train-images-idx3-ubyte[.gz]`` or ``train-images.idx3-ubyte[.gz]``).
+
+    ``path`` defaults to :func:`default_mnist_dir`. With ``normalize`` the images are ``(x/255 - 0.1307)/0.3081``,
+    else in [0, 1].
+    """
+    directory = Path(path) if path is not None else default_mnist_dir()
+    _check_dir(directory, "MNIST", "pass mnist:PATH to the directory holding the MNIST IDX files "
+                                   "(or set ANN2SNN_MNIST)")
+    parts = {}
+    for split in ("train", "t10k"):
+        images = read_idx(_find_idx(directory, split, "images", 3))
+        labels = read_idx(_find_idx(directory, split, "labels", 1))
+        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+            raise DataError(f"MNIST {split} files in {str(directory)!r} do not match: images {tuple(images.shape)}, "
+                            f"labels {tuple(labels.shape)}; expected [N, 28, 28] and [N]")
+        parts[split] = (images.unsqueeze(1).float().div_(255.0), labels.long())
+    mean, std = NORMALIZATION["mnist"] if normalize else (None, None)
+    (xtr, ytr), (xte, yte) = parts["train"], parts["t10k"]
+    if normalize:
+        xtr, xte = _normalize(xtr, mean, std), _normalize(xte, mean, std)
+    return Dataset("mnist", xtr, ytr, xte, yte, 10, mean, std, None)
+
+
+# ---------------------------------------------------------------------------------------------------- CIFAR
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR batches (dicts of numpy arrays, lists, bytes) and nothing that could run code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+
+def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+
+    try:
+        with open(path, "rb") as f:
+            d = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise DataError(f"{str(path)!r} is not a CIFAR python batch ({type(exc).__name__}: {exc}); use the "
+                        "'python version' of CIFAR (cifar-10-batches-py / cifar-100-python)") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{str(path)!r} holds a {type(d).__name__}, not a CIFAR batch dict")
+    d = {k.encode() if isinstance(k, str) else k: v for k, v in d.items()}
+    if b"data" not in d or label_key not in d:
+        raise DataError(f"{str(path)!r} has keys {sorted(k.decode(errors='replace') for k in d)}, not 'data' and "
+                        f"'{label_key.decode()}'; is this the right CIFAR variant (cifar10 vs cifar100)?")
+    data = np.asarray(d[b"data"], dtype=np.uint8)
+    labels = np.asarray(d[label_key], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise DataError(f"{str(path)!r} has data {data.shape} and {len(labels)} labels; expected [N, 3072] and N")
+    return torch.from_numpy(data.copy()).reshape(-1, 3, 32, 32), torch.from_numpy(labels.copy())
+
+
+def load_cifar(path: str | os.PathLike, *, classes: int = 10, normalize: bool = True) -> Dataset:
+    """CIFAR-10 (``data_batch_1..5``, ``test_batch``) or CIFAR-100 (``train``, ``test``) python batches.
+
+    ``path`` is the extracted directory (``cifar-10-batches-py`` / ``cifar-100-python``) or its parent.
+    Images are normalized with the standard per-channel mean/std; training uses crop+flip augmentation.
+    """
+    if classes not in (10, 100):
+        raise DataError(f"CIFAR has 10 or 100 classes, not {classes}")
+    name = f"cifar{classes}"
+    directory = Path(path)
+    hint = f"pass {name}:PATH to the extracted python-batches directory"
+    _check_dir(directory, name.upper().replace("CIFAR", "CIFAR-"), hint)
+    sub = directory / ("cifar-10-batches-py" if classes == 10 else "cifar-100-python")
+    if sub.is_dir():
+        directory = sub
+    if classes == 10:
+        train_files = [directory / f"data_batch_{i}" for i in range(1, 6)]
+        test_files, label_key = [directory / "test_batch"], b"labels"
+    else:
+        train_files, test_files, label_key = [directory / "train"], [directory / "test"], b"fine_labels"
+    missing = [p.name for p in train_files + test_files if not p.is_file()]
+    if missing:
+        raise DataError(f"{name} directory {str(directory)!r} lacks {', '.join(missing)}; {hint} "
+                        f"({'data_batch_1..5 and test_batch' if classes == 10 else 'train and test'})")
+
+    def read(files):
+        xs, ys = zip(*(_read_cifar_batch(p, label_key) for p in files))
+        return torch.cat(xs).float().div_(255.0), torch.cat(ys)
+
+    (xtr, ytr), (xte, yte) = read(train_files), read(test_files)
+    for y in (ytr, yte):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise DataError(f"{name} labels in {str(directory)!r} range over [{int(y.min())}, {int(y.max())}], "
+                            f"not [0, {classes - 1}]; is this {'cifar100' if classes == 10 else 'cifar10'}?")
+    mean, std = NORMALIZATION[name] if normalize else (None, None)
+    if normalize:
+        xtr, xte = _normalize(xtr, mean, std), _normalize(xte, mean, std)
+    return Dataset(name, xtr, ytr, xte, yte, classes, mean, std, "crop+flip")
+
+
+# ----------------------------------------------------------------------------------------------- shared bits
+
+
+def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=x.dtype).reshape(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).reshape(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def augment(x: torch.Tensor, *, generator: torch.Generator | None = None, padding: int = 4, flip: bool = True,
+            mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Random crop with ``padding`` and random horizontal flip of a batch ``[B, C, H, W]``, per image.
+
+    The padding is black in raw pixel space (``(0 - mean)/std`` once normalized), as torchvision pads before
+    normalizing. ``generator`` (on ``x``'s device) makes it reproducible.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    if padding > 0:
+        fill = torch.zeros(c, dtype=x.dtype, device=dev)
+        if mean is not None and std is not None:
+            fill = (-torch.tensor(mean, dtype=x.dtype, device=dev) / torch.tensor(std, dtype=x.dtype, device=dev))
+        padded = fill.reshape(1, c, 1, 1).expand(b, c, h + 2 * padding, w + 2 * padding).clone()
+        padded[:, :, padding:padding + h, padding:padding + w] = x
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, :, None]  # [B, H, 1]
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, :]  # [B, 1, W]
+        bidx = torch.arange(b, device=dev)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[bidx, rows, cols].permute(0, 3, 1, 2)  # [B, C, H, W]
+    if flip:
+        mask = torch.rand(b, generator=generator, device=dev) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x.contiguous()
+
+
 def load_dataset(spec: str, **kw) -> Dataset:
-    """A dataset by spec: ``digits``."""
+    """A dataset by spec: ``digits``, ``mnist[:PATH]``, ``cifar10:PATH``, ``cifar100:PATH``.
+
+    ``mnist`` without a path reads :func:`default_mnist_dir`; ``cifar10``/``cifar100`` without one read
+    ``$ANN2SNN_CIFAR10`` / ``$ANN2SNN_CIFAR100``. Keyword arguments go to the loader (``seed`` for digits,
+    ``normalize`` for the others).
+
+    Example:
+        >>> data = load_dataset("cifar10:/data/cifar-10-batches-py")
+    """
     name, _, path = spec.partition(":")
+    name = name.strip().lower()
     if name == "digits":
+        if path:
+            raise DataError(f"dataset 'digits' is bundled and takes no path, got {spec!r}; use 'digits'")
         return load_digits(**kw)
-    raise Ann2SnnError(f"unknown dataset {spec!r}; use 'digits'")
+    if name == "mnist":
+        return load_mnist(path or None, **kw)
+    if name in ("cifar10", "cifar100"):
+        path = path or os.environ.get(f"ANN2SNN_{name.upper()}", "")
+        if not path:
+            raise DataError(f"dataset {name!r} needs a directory: use {name}:PATH (the extracted python batches) "
+                            f"or set ANN2SNN_{name.upper()}")
+        return load_cifar(path, classes=int(name[5:]), **kw)
+    raise DataError(f"unknown dataset {spec!r}; use digits, mnist[:PATH], cifar10:PATH or cifar100:PATH")
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,

@@ -15,10 +15,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["runs_dir", "write_record", "list_records", "read_record", "file_sha256", "package_versions"]
+__all__ = ["runs_dir", "write_record", "record_conversion", "list_records", "read_record", "find_record", "file_sha256",
+           "package_versions"]
 
 
 def runs_dir(path: str | os.PathLike | None = None) -> Path:
+    """``path``, else ``$ANN2SNN_RUNS``, else ``./runs``."""
     return Path(path or os.environ.get("ANN2SNN_RUNS", "runs"))
 
 
@@ -55,30 +57,70 @@ def write_record(kind: str, *, config: dict[str, Any], metrics: dict[str, Any],
         "config": config,
         "versions": package_versions(),
         "inputs": {str(p): file_sha256(p) for p in inputs if Path(p).is_file()},
-        "outputs": [str(p) for p in outputs],
+        "outputs": [str(Path(p).resolve()) for p in outputs],
         "metrics": metrics,
     }
     d = runs_dir(directory)
-    d.mkdir(parents=True, exist_ok=True)
     path = d / f"{run_id}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        os.replace(tmp, path)
+    except OSError as exc:
+        from ann2snn.errors import Ann2SnnError
+
+        raise Ann2SnnError(f"cannot write run record in {d}: {exc.strerror or exc}; set $ANN2SNN_RUNS (or --runs-dir) "
+                           "to a writable directory") from None
     return path
 
 
-def read_record(path_or_id: str | os.PathLike, directory: str | os.PathLike | None = None) -> dict[str, Any]:
-    p = Path(path_or_id)
-    if not p.is_file():
-        p = runs_dir(directory) / f"{path_or_id}.json"
+def record_conversion(model_path: str | os.PathLike, snn, outputs: list[str | os.PathLike], *,
+                      config: dict[str, Any], verification: dict[str, Any] | None = None,
+                      directory: str | os.PathLike | None = None) -> Path:
+    """Write the run record of ``ann2snn convert``: its options, the pass counts and any ONNX verification."""
+    metrics = {"T": snn.T, "input_shape": list(snn.input_shape), "stateful_operators": len(snn.stateful()),
+               **(snn.report.counts() if snn.report is not None else {}),
+               "levels": snn.info.get("levels"), "neuron_kinds": snn.info.get("neuron_kinds")}
+    if verification:
+        metrics["verification"] = verification
+    return write_record("convert", config={"model": str(model_path), **config}, metrics=metrics,
+                        inputs=[model_path], outputs=list(outputs), directory=directory)
+
+
+def find_record(ref: str | os.PathLike, directory: str | os.PathLike | None = None) -> Path:
+    """The file of run ``ref``: a path, a full run id, or a unique part of one (e.g. its 6-hex suffix)."""
     from ann2snn.errors import Ann2SnnError
 
-    if not p.is_file():
-        raise Ann2SnnError(f"run {str(path_or_id)!r} not found in {runs_dir(directory)}; list runs with `ann2snn runs`")
+    p = Path(ref)
+    if p.is_file():
+        return p
+    d = runs_dir(directory)
+    exact = d / f"{ref}.json"
+    if exact.is_file():
+        return exact
+    matches = sorted(d.glob(f"*{ref}*.json")) if d.is_dir() and str(ref) else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise Ann2SnnError(f"run {str(ref)!r} matches {len(matches)} records in {d}; give more of the id "
+                           "(see `ann2snn runs`)")
+    raise Ann2SnnError(f"run {str(ref)!r} not found in {d}; list runs with `ann2snn runs` (or set --dir / "
+                       "$ANN2SNN_RUNS)")
+
+
+def read_record(path_or_id: str | os.PathLike, directory: str | os.PathLike | None = None) -> dict[str, Any]:
+    """One run record by path, id or unique part of an id (see :func:`find_record`)."""
+    from ann2snn.errors import Ann2SnnError
+
+    p = find_record(path_or_id, directory)
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
+        record = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Ann2SnnError(f"run record {str(p)!r} is not valid JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise Ann2SnnError(f"run record {str(p)!r} is not a JSON object; it was not written by ann2snn")
+    return record
 
 
 def list_records(directory: str | os.PathLike | None = None) -> list[dict[str, Any]]:
@@ -87,7 +129,9 @@ def list_records(directory: str | os.PathLike | None = None) -> list[dict[str, A
     out = []
     for p in sorted(d.glob("*.json")) if d.is_dir() else []:
         try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, json.JSONDecodeError):
+            rec = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
+        if isinstance(rec, dict) and "kind" in rec:
+            out.append(rec)
     return out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ann2snn.layers import qcfs_modules
+import ann2snn
+from ann2snn.layers import QCFS, qcfs_modules
 
 
 @torch.no_grad()
@@ -28,3 +29,43 @@ def level_mismatch_fraction(a: list[torch.Tensor], b: list[torch.Tensor]) -> flo
     assert len(a) == len(b)
     diff = sum(int((x != y).sum()) for x, y in zip(a, b))
     return diff / max(1, sum(x.numel() for x in a))
+
+
+@torch.no_grad()
+def randomize(model: nn.Module, seed: int = 0, *, theta=(0.5, 2.0)) -> nn.Module:
+    """Give BNs and QCFS thresholds seeded, non-trivial values (a freshly built model has θ and BN at 1)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def u(t, lo, hi):
+        t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            u(m.running_mean, -0.3, 0.3)
+            u(m.running_var, 0.5, 2.0)
+            u(m.weight, 0.5, 1.5)
+            u(m.bias, -0.2, 0.4)
+        elif isinstance(m, QCFS):
+            lo, hi = theta
+            target = torch.rand(m.lam.shape, generator=g) * (hi - lo) + lo
+            m.lam.copy_(ann2snn.layers.inverse_softplus(target) if m.positive == "softplus" else target)
+    return model.eval()
+
+
+#: small zoo QANNs by key: MLP, VGG, ResNet, the digits CNN and a max-pool CNN
+MODELS = {
+    "mlp": ("mnist-mlp", {"hidden": 32}),
+    "vgg": ("vgg16", {"width_mult": 0.125, "classifier_width": 32}),
+    "resnet": ("resnet20", {"width": 4}),
+    "digits": ("digits-cnn", {}),
+    "maxpool": ("mnist-cnn", {"pool": "max"}),
+}
+
+
+def make_qann(key: str, *, levels: int = 4, seed: int = 0, input_shape=None, **kw) -> nn.Module:
+    """A zoo QANN (see :data:`MODELS`) with seeded random BN statistics and thresholds, in eval mode."""
+    arch, base = MODELS[key]
+    model = randomize(ann2snn.models.create(arch, levels=levels, **{**base, **kw}), seed=seed, theta=(0.3, 1.5))
+    if input_shape is not None:
+        model.input_shape = input_shape
+    return model

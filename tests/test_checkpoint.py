@@ -7,7 +7,7 @@ import torch
 
 import ann2snn
 from ann2snn.errors import CheckpointError
-from conftest import randomize
+from helpers import randomize
 
 
 def test_qann_round_trip(tmp_path):

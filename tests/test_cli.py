@@ -12,7 +12,7 @@ import torch
 
 import ann2snn
 from ann2snn.cli.main import main
-from conftest import randomize
+from helpers import randomize
 
 ARCHS = str(Path(__file__).parent / "fixtures" / "archs.py")
 

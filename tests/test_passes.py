@@ -16,7 +16,7 @@ from ann2snn.layers import QCFS, Affine
 from ann2snn.neurons import IFNeuron, SpikingMaxPool2d
 from ann2snn.passes import (DEFAULT_PASSES, fold_batchnorm, fold_thresholds, normalize, replace_qcfs_with_if,
                             run_pipeline, trace)
-from conftest import randomize
+from helpers import randomize
 from helpers import level_mismatch_fraction, quantized_levels
 
 FOLD_PASSES = DEFAULT_PASSES[:3]  # normalize, fold_batchnorm, fold_thresholds: still a QANN, in threshold units

@@ -8,7 +8,7 @@ import torch
 import ann2snn
 from ann2snn.errors import Ann2SnnError
 from ann2snn.simulator import run_steps, running_mean
-from conftest import randomize
+from helpers import randomize
 
 
 @pytest.mark.parametrize("name", ["mlp", "vgg", "resnet", "maxpool"])

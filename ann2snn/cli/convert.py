@@ -26,21 +26,38 @@ def render_report(report, *, title: str = "Conversion report") -> None:
 @click.command("convert")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--T", "T", type=int, default=None, help="Time steps (default: the QCFS levels L, where accuracy peaks).")
+@click.option("--format", "fmt", type=click.Choice(["both", "unrolled", "stateful", "torch"]), default="both",
+              show_default=True,
+              help="ONNX: unrolled (all T steps in one graph, fastest batch inference), stateful (one step with "
+                   "explicit state, for streaming), both; or torch (the ann2snn .snn.pt file).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output file (default: MODEL with suffix .snn.pt).")
+              help="Output file (default: MODEL with suffix .snn.onnx, or .snn.pt for --format torch). With "
+                   "--format both the stateful graph goes to X.step.onnx; the sidecar JSON to X.json.")
+@click.option("--encoding", type=click.Choice(["direct", "sequence"]), default="direct", show_default=True,
+              help="ONNX input: direct [B, C, H, W] images, or sequence [T, B, C, H, W] pre-encoded spikes.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check the ONNX graphs on onnxruntime against the simulator before writing them.")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="onnxruntime provider for verification; auto uses CUDA only when a session really gets it.")
 @click.option("--input-shape", default=None, metavar="C,H,W", help="Input shape, if the checkpoint does not record it.")
 @click.option("--maxpool", type=click.Choice(["spiking", "error"]), default="spiking", show_default=True,
               help="Convert max-pooling to a spiking max on accumulated counts, or refuse it.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @model_options
-def convert_cmd(model, T, output, input_shape, maxpool, force, as_json, trust_pickle, arch, arch_module):
-    """Convert a QANN checkpoint MODEL into a spiking network and print the pass report.
+def convert_cmd(model, T, fmt, output, encoding, verify, provider, input_shape, maxpool, force, as_json, trust_pickle,
+                arch, arch_module):
+    """Convert a QANN checkpoint MODEL into a spiking network, export it to ONNX and verify it on onnxruntime.
 
     Every BatchNorm is folded, every QCFS threshold folded into weights and every QCFS replaced by an IF neuron;
     anything that cannot be converted is an error naming the node and the fix.
 
-    Example: ann2snn convert resnet20.pt --T 4
+    The default writes both ONNX formats (unrolled for batch inference, stateful for streaming) and a sidecar
+    JSON naming the states; every file is checked with onnx.checker, verified against the PyTorch simulator
+    (per-step logits within rtol=1e-4, atol=1e-4·max|logit|; spike-count agreement reported) and written
+    atomically. A verification failure writes nothing.
+
+    Example: ann2snn convert resnet20.pt --T 4 -o resnet20.snn.onnx
     """
     import ann2snn
     from ann2snn.errors import Ann2SnnError
@@ -49,13 +66,51 @@ def convert_cmd(model, T, output, input_shape, maxpool, force, as_json, trust_pi
         raise Ann2SnnError(f"--T must be a positive number of time steps, got {T}")
     qann = ann2snn.checkpoint.load_qann(model, trust_pickle=trust_pickle, arch=arch, arch_module=arch_module)
     snn = ann2snn.convert(qann, T, input_shape=parse_shape(input_shape), maxpool=maxpool)
+    if fmt != "torch":
+        _export(snn, model, output, fmt=fmt, encoding=encoding, verify=verify, provider=provider, force=force,
+                as_json=as_json)
+        return
     out = output or model.with_name(model.name.removesuffix(".pt") + ".snn.pt")
     if getattr(qann, "arch_name", None) is None:
         raise Ann2SnnError("this model has no registered architecture, so its SNN cannot be saved safely; build it "
                            "with ann2snn.models.create or register it (--arch-module)")
     ann2snn.save(snn, out, force=force)
+    from ann2snn.runs import record_conversion
+
+    record_conversion(model, snn, [out], config={"T": snn.T, "format": fmt, "maxpool": maxpool})
     if as_json:
         print_json({"output": str(out), "T": snn.T, "report": snn.report.to_dict()})
         return
     render_report(snn.report)
     console.print(f"wrote [bold]{out}[/] (T={snn.T}, {len(snn.stateful())} stateful operators)", highlight=False)
+
+
+def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force, as_json) -> None:
+    import ann2snn
+
+    out = output or model.with_name(model.name.removesuffix(".pt") + ".snn.onnx")
+    res = ann2snn.export(snn, out, format=fmt, encoding=encoding, verify=verify, provider=provider, force=force)
+    from ann2snn.runs import record_conversion
+
+    record_conversion(model, snn, [*res.files.values(), res.sidecar], verification=res.verification,
+                      config={"T": snn.T, "format": fmt, "encoding": encoding, "verify": verify})
+    if as_json:
+        print_json({"files": {k: str(v) for k, v in res.files.items()}, "sidecar": str(res.sidecar), "T": snn.T,
+                    "verification": res.verification, "seconds": res.seconds, "report": snn.report.to_dict()})
+        return
+    render_report(snn.report)
+    if res.verification:
+        rows = []
+        for k, v in res.verification.items():
+            agree = v.get("spike_count_agreement")
+            rows.append([k, v["provider"], f"{v['max_abs_error']:.2e}", f"{v['atol']:.1e} / {v['rtol']:.0e}",
+                         f"{v['samples'] - v['mismatched_samples']}/{v['samples']}",
+                         "-" if agree is None else f"{100 * agree:.3f}%"])
+        console.print(table("Verification (onnxruntime vs simulator, per-step logits)",
+                            ["graph", "provider", "max |err|", "atol / rtol", "samples ok", "spike counts equal"],
+                            rows))
+    else:
+        console.print("[yellow]verification skipped (--no-verify)[/]")
+    for k, p in res.files.items():
+        console.print(f"wrote [bold]{p}[/] ({k}, T={snn.T})", highlight=False)
+    console.print(f"wrote [bold]{res.sidecar}[/] (sidecar)", highlight=False)

@@ -13,6 +13,14 @@ from ann2snn.cli.common import err_console
 COMMANDS = {
     "convert": "ann2snn.cli.convert:convert_cmd",
     "demo": "ann2snn.cli.demo:demo_cmd",
+    "models": "ann2snn.cli.models:models_cmd",
+    "prepare": "ann2snn.cli.prepare:prepare_cmd",
+    "train": "ann2snn.cli.train:train_cmd",
+    "inspect": "ann2snn.cli.inspect:inspect_group",
+    "eval": "ann2snn.cli.eval:eval_cmd",
+    "runs": "ann2snn.cli.runs:runs_cmd",
+    "report": "ann2snn.cli.report:report_cmd",
+    "bench": "ann2snn.cli.bench:bench_cmd",
 }
 
 

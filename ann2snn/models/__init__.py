@@ -21,7 +21,7 @@ from torch import nn
 
 from ann2snn.errors import Ann2SnnError
 
-__all__ = ["register", "create", "available", "import_arch_module"]
+__all__ = ["register", "create", "available", "builtin", "import_arch_module"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -38,9 +38,15 @@ def register(name: str):
 
 
 def available() -> dict[str, Callable[..., nn.Module]]:
-    """Registered architectures by name."""
+    """Registered architectures by name (the zoo and any registered by user code)."""
     _load_builtin()
     return dict(_REGISTRY)
+
+
+def builtin() -> list[str]:
+    """Names of the zoo's own architectures."""
+    _load_builtin()
+    return sorted(n for n, fn in _REGISTRY.items() if fn.__module__.startswith("ann2snn.models"))
 
 
 def create(name: str, **kwargs) -> nn.Module:

@@ -65,3 +65,17 @@ def mnist_cnn(num_classes: int = 10, pool: str = "avg", **act_kw) -> nn.Module:
     )
     net.input_shape = (1, 28, 28)
     return net
+
+
+@register("mnist-convnet")
+def mnist_convnet(num_classes: int = 10, **act_kw) -> nn.Module:
+    """The benchmark net conv16-conv32-linear for MNIST: two 3×3 conv-BN-QCFS-avgpool2 blocks, one linear."""
+    act = act_spec(**act_kw)
+    net = nn.Sequential(
+        *_conv_block(1, 16, 3, act, padding=1), nn.AvgPool2d(2),
+        *_conv_block(16, 32, 3, act, padding=1), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, num_classes),
+    )
+    net.input_shape = (1, 28, 28)
+    return net
+

@@ -1,0 +1,87 @@
+"""``ann2snn bench``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ann2snn.cli.common import console, err_console, model_options, parse_int_list, print_json, table
+
+
+def _fmt(row, key, spec):
+    v = row.get(key)
+    return "-" if v is None else format(v, spec)
+
+
+@click.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--T", "Ts", default="1,2,4,8", show_default=True, help="Time steps to measure (QANN input).")
+@click.option("--batch", "batches", default="1,256", show_default=True, help="Batch sizes.")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="onnxruntime provider; auto uses CUDA only when a session really gets it.")
+@click.option("--repeats", default=10, show_default=True, help="Timed runs per measurement (median reported).")
+@click.option("--warmup", default=3, show_default=True, help="Untimed runs first.")
+@click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--no-torch", is_flag=True, help="Skip the PyTorch simulator (slow at large batch).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the JSON result to this file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
+@model_options
+def bench_cmd(model, Ts, batches, provider, repeats, warmup, threads, no_torch, as_json, output, force, trust_pickle,
+              arch, arch_module):
+    """Latency and throughput of a QANN checkpoint's ANN and SNN (or of an exported SNN ONNX file).
+
+    For a checkpoint: the ANN (the QANN as a plain ReLU ONNX net), the unrolled SNN, the stateful SNN driven T
+    steps, and the PyTorch simulator, with the ratio SNN / (T × ANN) measured in the same run (median of
+    --repeats after --warmup). For an .onnx file: the SNN alone.
+
+    Example: ann2snn bench mnist.pt --T 4 --batch 1,256
+    """
+    import ann2snn
+    from ann2snn import bench
+    from ann2snn.errors import Ann2SnnError
+
+    T_list = parse_int_list(Ts, name="--T")
+    B_list = parse_int_list(batches, name="--batch")
+    if output is not None and output.exists() and not force:
+        raise Ann2SnnError(f"{output} already exists; pass --force to overwrite it")
+    from rich.progress import Progress
+
+    with Progress(console=err_console, transient=True, disable=as_json or not err_console.is_terminal) as prog:
+        task = prog.add_task("benchmarking", total=None)
+
+        def tick(msg):
+            prog.update(task, description=msg, advance=1)
+
+        if model.suffix == ".onnx":
+            result = bench.benchmark_onnx(model, batches=B_list, provider=provider, repeats=repeats, warmup=warmup,
+                                          threads=threads, progress=tick)
+        else:
+            qann = ann2snn.checkpoint.load_qann(model, trust_pickle=trust_pickle, arch=arch, arch_module=arch_module)
+            include = ("ann", "unrolled", "stateful") + (() if no_torch else ("torch",))
+            result = bench.benchmark(qann, Ts=T_list, batches=B_list, provider=provider, repeats=repeats,
+                                     warmup=warmup, threads=threads, include=include, progress=tick)
+    result["model"] = str(model)
+    if output is not None:
+        from ann2snn.checkpoint import atomic_write
+
+        text = json.dumps(result, indent=2)
+        atomic_write(output, lambda tmp: Path(tmp).write_text(text), force=force)
+    if as_json:
+        print_json(result)
+        return
+    rows = []
+    for r in result["rows"]:
+        rows.append([r["T"], r["batch"], _fmt(r, "ann_ms", ".3f"), _fmt(r, "unrolled_ms", ".3f"),
+                     _fmt(r, "unrolled_ratio", ".2f"), _fmt(r, "stateful_ms", ".3f"), _fmt(r, "stateful_ratio", ".2f"),
+                     _fmt(r, "torch_ms", ".3f"), _fmt(r, "torch_ratio", ".2f"),
+                     _fmt(r, "unrolled_samples_per_s", ",.0f")])
+    console.print(table(f"Latency per batch, ms (median of {repeats}; onnxruntime {result['provider']})",
+                        ["T", "batch", "ANN", "unrolled", "÷T·ANN", "stateful", "÷T·ANN", "torch sim", "÷T·ANN",
+                         "unrolled samples/s"], rows, justify_right_from=0))
+    console.print(f"[dim]{result['note']}. ratio = SNN time / (T × ANN time), same run, same provider.[/]")
+    if output is not None:
+        console.print(f"wrote [bold]{output}[/]", highlight=False)

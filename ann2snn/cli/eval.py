@@ -1,0 +1,188 @@
+"""``ann2snn eval``: QANN and SNN accuracy at every T, firing rates, operations and energy, from one run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ann2snn.cli.common import console, model_options, print_json
+
+
+def table(title: str, columns: list[str], rows: list[list], *, justify_right_from: int = 1):
+    """A compact rich table (fits 80 columns for the usual T lists)."""
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="right" if i >= justify_right_from else "left")
+    for r in rows:
+        t.add_row(*[str(v) for v in r])
+    return t
+
+
+def _si(v: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def check_data_spec(spec: str) -> None:
+    """Fail early, in one line, on a data spec whose directory is missing or empty."""
+    from ann2snn.errors import Ann2SnnError
+
+    name, sep, path = spec.partition(":")
+    if not sep:
+        return
+    if not path:
+        raise Ann2SnnError(f"--data {spec!r} names no directory; use {name}:PATH")
+    p = Path(path)
+    if not p.exists():
+        raise Ann2SnnError(f"data directory {path!r} does not exist; check the path in --data {spec!r}")
+    if p.is_dir() and not any(p.iterdir()):
+        raise Ann2SnnError(f"data directory {path!r} is empty; put the {name} files there (no downloads are made)")
+
+
+def load_model_pair(model: Path, trust_pickle: bool, arch, arch_module):
+    """The QANN of ``model`` (a QANN checkpoint, or an SNN file whose QANN is rebuilt from its payload)."""
+    import ann2snn
+    from ann2snn.network import SpikingNetwork
+
+    obj = ann2snn.load(model, trust_pickle=trust_pickle, arch=arch, arch_module=arch_module)
+    if isinstance(obj, SpikingNetwork):
+        payload = obj.info["qann_payload"]
+        qann = ann2snn.models.create(payload["arch"], **payload.get("kwargs", {}))
+        qann.load_state_dict(payload["state_dict"])
+        if payload.get("input_shape"):
+            qann.input_shape = tuple(payload["input_shape"])
+        return qann.eval()
+    return obj
+
+
+def render_eval(result: dict) -> None:
+    """The accuracy table (like the seed's test log), firing rates and operations per layer."""
+    levels = result["levels"]
+    qacc = result["qann_accuracy"]
+    e = {r["T"]: r for r in result["energy"]["per_T"]}
+    rows = [["QANN", "-", f"{qacc:.2%}", "-", "-", _si(result["energy"]["ann_macs"]) + " MAC", "1"]]
+    for r in result["per_T"]:
+        mark = "  ← T = L" if r["T"] in levels else ""
+        er = e[r["T"]]
+        rows.append([f"SNN{mark}", r["T"], f"{r['snn_accuracy']:.2%}", f"{r['delta_pp'] + 0.0:+.2f} pp",
+                     f"{r['agreement']:.2%}", _si(er["sops"]) + " SOP", f"{er['ratio']:.3f}"])
+    backend = result.get("backend", "torch")
+    if "backend_max_abs_diff" in result:
+        backend += f", max |ORT − torch| = {result['backend_max_abs_diff']:.1e}"
+    console.print(table(f"{result['dataset']}: {result['samples']} test samples, L = {', '.join(map(str, levels))} "
+                        f"({backend})",
+                        ["model", "T", "accuracy", "vs QANN", "agreement", "ops/sample", "E_SNN/E_ANN"], rows))
+    Ts = result["T_list"]
+    console.print(table("Firing rate (spikes per neuron per step)", ["layer", "neurons"] + [f"T={t}" for t in Ts],
+                        [[f["name"] + ("" if f["kind"] == "if" else f" ({f['kind']})"), f["neurons"]]
+                         + [f"{v:.3f}" for v in f["rates"]] for f in result["firing_rates"]]))
+    en = result["energy"]
+    c = en["constants"]
+    rows = []
+    for r in en["layers"]:
+        ops = r["snn_macs"] if r["analog_input"] else r["sops"]
+        rows.append([f"{r['name']}{' *' if r['analog_input'] else ''} ({r['kind']})", _si(r["macs"])]
+                    + [_si(v) for v in ops])
+    console.print(table(f"Operations per sample (SNN: spikes × fan-out, E_AC = {c['e_ac_pj']} pJ each)",
+                        ["layer", "ANN MACs"] + [f"T={t}" for t in Ts], rows))
+    if any(r["analog_input"] for r in en["layers"]):
+        console.print(f"[dim]* analog input (direct encoding): no spikes, so its MACs run at every step (T × MACs at "
+                      f"E_MAC = {c['e_mac_pj']} pJ). Agreement: same prediction as the QANN.[/]")
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", "data_spec", default="digits", show_default=True, metavar="SPEC",
+              help="Dataset: digits, mnist:PATH or cifar10:PATH (the test split is used).")
+@click.option("--T", "Ts", default="1,2,4,8,16,32,64", show_default=True, metavar="T1,T2,...",
+              help="Time steps to report; the SNN runs once for the largest.")
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="torch: the PyTorch reference simulator; onnx: the unrolled ONNX graph on onnxruntime (firing "
+                   "rates and operation counts still from the reference).")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="onnxruntime provider for --backend onnx.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N test samples.")
+@click.option("--e-mac", type=click.FloatRange(min=0), default=4.6, show_default=True, help="Energy of one MAC (pJ).")
+@click.option("--e-ac", type=click.FloatRange(min=0), default=0.9, show_default=True, help="Energy of one AC (pJ).")
+@click.option("--analog-once", is_flag=True,
+              help="Count the analog-input layer's MACs once instead of at every step (T × MACs).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write accuracy / firing rate / energy vs T to this PNG (needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the run record (default $ANN2SNN_RUNS or ./runs).")
+@click.option("--no-record", is_flag=True, help="Do not write a run record.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --plot file.")
+@model_options
+def eval_cmd(model, data_spec, Ts, backend, provider, batch_size, limit, e_mac, e_ac, analog_once, plot, as_json,
+             runs_dir, no_record, force, trust_pickle, arch, arch_module):
+    """Accuracy of the QANN MODEL and of its SNN at every T, from one simulation; prediction agreement with the
+    QANN; firing rate per neuron layer; ANN MACs vs SNN synaptic operations and the energy ratio.
+
+    \b
+    Firing rate: spikes per neuron per step over the first T steps.
+    SNN ops: each input spike (nonzero input) costs its fan-out in
+    additions (E_AC each); a layer fed by the analog input (direct
+    encoding) costs T x its MACs (E_MAC each). Energy ratio: E_SNN / E_ANN.
+    Definitions: docs/metrics.md.
+
+    Example: ann2snn eval digits.pt --data digits --T 1,2,4,8,16,32,64 --plot acc.png
+    """
+    from ann2snn.data import load_dataset
+    from ann2snn.energy import EnergyModel
+    from ann2snn.errors import Ann2SnnError
+    from ann2snn.evaluate import evaluate, parse_ts, plot_eval
+    from ann2snn.inspect import inspect_thresholds
+
+    T_list = parse_ts(Ts)
+    if plot is not None and plot.exists() and not force:
+        raise Ann2SnnError(f"{plot} already exists; pass --force to overwrite it")
+    check_data_spec(data_spec)
+    qann = load_model_pair(model, trust_pickle, arch, arch_module)
+    data = load_dataset(data_spec)
+    energy = EnergyModel(e_mac_pj=e_mac, e_ac_pj=e_ac, analog_per_step=not analog_once)
+    n = min(limit or len(data.y_test), len(data.y_test))
+    if as_json:
+        result = evaluate(qann, data, T_list, batch_size=batch_size, limit=limit, energy=energy, backend=backend,
+                          provider=provider)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task(f"QANN + SNN (T={max(T_list)})", total=n)
+            result = evaluate(qann, data, T_list, batch_size=batch_size, limit=limit, energy=energy,
+                              backend=backend, provider=provider,
+                              progress=lambda done: bar.update(task, completed=done))
+    result["model"] = str(model)
+    result["thresholds"] = inspect_thresholds(qann)
+    if plot is not None:
+        tmp = plot.with_name(f".{plot.name}.tmp.png")
+        plot_eval(result, tmp)
+        os.replace(tmp, plot)
+    if not no_record:
+        from ann2snn.runs import write_record
+
+        rec = write_record("eval", config={"model": str(model), "data": data_spec, "T": T_list, "backend": backend,
+                                           "provider": provider,
+                                           "batch_size": batch_size, "limit": limit,
+                                           "energy": {"e_mac_pj": e_mac, "e_ac_pj": e_ac,
+                                                      "analog_per_step": not analog_once}},
+                           metrics=result, inputs=[model], outputs=[plot] if plot else [], directory=runs_dir)
+        result["record"] = str(rec)
+    if as_json:
+        print_json(result)
+        return
+    render_eval(result)
+    if plot is not None:
+        console.print(f"wrote [bold]{plot}[/]", highlight=False)
+    if not no_record:
+        console.print(f"run record: {result['record']}", highlight=False)

@@ -1,0 +1,71 @@
+"""``ann2snn prepare``: a trained ReLU ANN file -> a QANN file (QCFS with calibrated thresholds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ann2snn.cli.common import console, model_options, print_json, table
+
+
+@click.command("prepare")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output QANN file (default: MODEL with suffix .qann.pt).")
+@click.option("--levels", "-L", type=int, default=4, show_default=True, help="QCFS quantization levels L.")
+@click.option("--granularity", type=click.Choice(["layer", "channel"]), default="layer", show_default=True)
+@click.option("--softplus/--no-softplus", default=True, show_default=True, help="θ = Softplus(λ) keeps thresholds > 0.")
+@click.option("--data", "data", default=None, metavar="SPEC",
+              help="Calibration data (digits, mnist[:DIR], cifar10:DIR, ...): thresholds from its training images.")
+@click.option("--samples", type=int, default=2048, show_default=True, help="Calibration images.")
+@click.option("--method", type=click.Choice(["percentile", "max"]), default="percentile", show_default=True)
+@click.option("--percentile", type=float, default=99.9, show_default=True)
+@click.option("--init-threshold", type=float, default=None, help="θ without calibration data (default 8; ReLU6: 6).")
+@click.option("--maxpool", type=click.Choice(["avg", "keep"]), default="avg", show_default=True,
+              help="Swap max-pooling for average pooling, or keep it for the spiking max-pool.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@model_options
+def prepare_cmd(model, output, levels, granularity, softplus, data, samples, method, percentile, init_threshold,
+                maxpool, force, as_json, trust_pickle, arch, arch_module):
+    """Turn a trained ReLU ANN MODEL into a QANN: every ReLU (module or functional) and ReLU6 becomes a QCFS.
+
+    Thresholds start at the chosen percentile (or max) of each activation on --data's training images; the weights
+    are kept. Fine-tune the result with `ann2snn train --from-ann OUTPUT --data ...`, then `ann2snn convert` it.
+    (`ann2snn train --from-ann RELU.pt` does both steps at once.)
+
+    Example: ann2snn prepare mnist-relu.pt --data mnist --levels 4 --granularity channel
+    """
+    import ann2snn
+    from ann2snn.data import load_dataset
+    from ann2snn.errors import Ann2SnnError
+    from ann2snn.prepare import prepare
+
+    if samples <= 0:
+        raise Ann2SnnError(f"--samples must be a positive number of images, got {samples}")
+    ann = ann2snn.checkpoint.load_qann(model, trust_pickle=trust_pickle, arch=arch, arch_module=arch_module)
+    calib = None
+    if data is not None:
+        calib = load_dataset(data).x_train[:samples]
+    qann = prepare(ann, calib, levels=levels, granularity=granularity, positive="softplus" if softplus else "none",
+                   init_threshold=init_threshold, method=method, percentile=percentile, maxpool=maxpool)
+    out = output or model.with_name(model.name.removesuffix(".pt") + ".qann.pt")
+    rep = qann.prepare_report
+    if getattr(qann, "arch_name", None) is None:
+        raise Ann2SnnError("the prepared model does not match a registered architecture, so it cannot be saved "
+                           "safely; build the ANN with ann2snn.models.create(..., act='relu') or register a builder "
+                           "that takes act='qcfs' (--arch-module)")
+    ann2snn.save(qann, out, meta={"prepared_from": str(model), "prepare": rep}, force=force)
+    if as_json:
+        print_json({"output": str(out), **rep})
+        return
+    console.print(table(f"{model.name}: {len(rep['activations'])} activations → QCFS (L = {levels})",
+                        ["name", "replaced", "thresholds", "θ min", "θ mean", "θ max"],
+                        [[a["name"], a["replaced"], a["channels"], f"{a['threshold_min']:.3f}",
+                          f"{a['threshold_mean']:.3f}", f"{a['threshold_max']:.3f}"] for a in rep["activations"]],
+                        justify_right_from=2))
+    for s in rep["maxpool_swapped"]:
+        console.print(f"max-pool swapped: {s}", highlight=False)
+    console.print(f"wrote [bold]{out}[/] (architecture {qann.arch_name}); fine-tune it with "
+                  f"`ann2snn train --from-ann {out} --data ...`, then `ann2snn convert`", highlight=False)

@@ -1,0 +1,277 @@
+"""Operation counts and energy: the ANN's MACs against the SNN's synaptic operations, per layer and per T.
+
+- **ANN MACs** of a conv / linear layer, per sample: ``output elements × fan-in`` (``fan-in = C_in/groups ·
+  k_h·k_w`` for a conv, ``in_features`` for a linear), counted on the converted graph, where BatchNorm is
+  already folded into the weights. Pooling, BN and activations are not counted (the usual convention).
+- **SNN synaptic operations** (SOPs) of a conv / linear layer at step t: ``Σ_i [x_t,i ≠ 0] · fanout_i``: every
+  nonzero input element (a spike, or a pooled group of spikes) is an event that reaches ``fanout_i`` output
+  neurons, each an accumulate (AC). ``fanout_i`` is exact per input position (borders and strides included):
+  the gradient of ``Σ conv(x, ones-kernel)`` with respect to ``x``. For binary spike input this is exactly
+  ``spikes × fan-out``.
+- **Direct encoding**: a layer that sees the analog input (no spiking operator before it, normally the
+  first conv) gets no spikes, so it costs its full MACs at every step: ``T × MACs`` (``analog_per_step``).
+- **Energy**: ``E_ANN = MACs · E_MAC``; ``E_SNN(T) = T · MACs_analog · E_MAC + SOPs(T) · E_AC`` with
+  ``E_MAC = 4.6 pJ`` and ``E_AC = 0.9 pJ`` (32-bit float, 45 nm, Horowitz 2014), configurable. Neuron
+  membrane updates and memory traffic are not counted.
+
+See ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+
+from ann2snn.errors import Ann2SnnError
+from ann2snn.neurons import StatefulModule
+
+__all__ = ["EnergyModel", "WEIGHTED_MODULES", "NON_NEURON_KINDS", "fanout_map", "layer_macs", "ActivityMonitor"]
+
+#: Layers whose cost is counted (MACs in the ANN, synaptic operations in the SNN).
+WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+#: Stateful operators that are not neurons (no firing rate reported).
+NON_NEURON_KINDS = ("maxpool",)
+
+
+@dataclass(frozen=True)
+class EnergyModel:
+    """Energy per operation, in picojoules (defaults: 32-bit float at 45 nm, Horowitz 2014).
+
+    Args:
+        e_mac_pj: one multiply-accumulate (ANN layers, and the SNN's analog-input layer).
+        e_ac_pj: one accumulate (an SNN synaptic operation).
+        analog_per_step: count the analog-input layer's MACs at every step (``T × MACs``); False counts
+            them once, as a network that computes the constant input current a single time would.
+    """
+
+    e_mac_pj: float = 4.6
+    e_ac_pj: float = 0.9
+    analog_per_step: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.e_mac_pj >= 0 and self.e_ac_pj >= 0):
+            raise Ann2SnnError(f"energy constants must be >= 0 pJ, got E_MAC={self.e_mac_pj}, E_AC={self.e_ac_pj}")
+
+
+def _ones_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``m`` with every weight 1 and no bias: each output sums its connected inputs."""
+    w = torch.ones_like(m.weight, dtype=x.dtype)
+    if isinstance(m, nn.Linear):
+        return F.linear(x, w)
+    conv = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}[type(m)]
+    return conv(x, w, None, m.stride, m.padding, m.dilation, m.groups)
+
+
+def fanout_map(m: nn.Module, sample_shape: tuple[int, ...]) -> torch.Tensor:
+    """How many output neurons of ``m`` each input element of one sample (shape ``sample_shape``) reaches.
+
+    Example:
+        >>> fanout_map(nn.Conv2d(1, 2, 3, padding=1), (1, 3, 3))[0]   # 2 channels × 4, 6 or 9 positions
+        tensor([[ 8., 12.,  8.], [12., 18., 12.], [ 8., 12.,  8.]])
+    """
+    if not isinstance(m, WEIGHTED_MODULES):
+        raise Ann2SnnError(f"fanout_map takes a conv or linear layer, got {type(m).__name__}")
+    x = torch.zeros(1, *sample_shape, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        _ones_forward(m, x).sum().backward()
+    return x.grad[0].detach()
+
+
+def layer_macs(m: nn.Module, out_sample_shape: tuple[int, ...]) -> int:
+    """MACs of one sample through conv / linear ``m``, given its output shape for one sample."""
+    out = 1
+    for s in out_sample_shape:
+        out *= int(s)
+    if isinstance(m, nn.Linear):
+        return out * m.in_features
+    k = 1
+    for s in m.kernel_size:
+        k *= int(s)
+    return out * (m.in_channels // m.groups) * k
+
+
+def _has_stateful_ancestor(node: fx.Node, modules: dict[str, nn.Module], memo: dict[fx.Node, bool]) -> bool:
+    if node in memo:
+        return memo[node]
+    stack, seen, found = [node], set(), False
+    while stack and not found:
+        n = stack.pop()
+        for a in n.all_input_nodes:
+            if a in seen:
+                continue
+            seen.add(a)
+            if a.op == "call_module" and isinstance(modules.get(a.target), StatefulModule):
+                found = True
+                break
+            stack.append(a)
+    memo[node] = found
+    return found
+
+
+class _LayerCount:
+    def __init__(self, name: str, module: nn.Module, analog: bool, T: int) -> None:
+        self.name, self.module, self.analog = name, module, analog
+        self.kind = type(module).__name__
+        self.macs: int | None = None
+        self.fan_in = module.in_features if isinstance(module, nn.Linear) else None
+        self.sops = torch.zeros(T, dtype=torch.float64)  # summed over samples
+        self.events = torch.zeros(T, dtype=torch.float64)
+        self.inputs: int | None = None
+        self._fanout: torch.Tensor | None = None
+
+
+class _NeuronCount:
+    def __init__(self, name: str, kind: str, T: int) -> None:
+        self.name, self.kind = name, kind
+        self.neurons: int | None = None
+        self.spikes = torch.zeros(T, dtype=torch.float64)  # summed over samples
+
+
+class ActivityMonitor:
+    """Counts spikes of every neuron layer and synaptic operations of every conv / linear layer while the
+    reference simulator runs a spiking GraphModule in multi-step mode.
+
+    Use as a context manager around :func:`ann2snn.simulator.run_steps` calls with the same ``T``, then read
+    :meth:`summary`. Counts are per step, so the numbers at every T' ≤ T come from the same run (the first T'
+    steps of a T-step run are a T'-step run).
+
+    Example:
+        >>> with ActivityMonitor(snn.graph_module, T=8) as mon:
+        ...     for xb, _ in batches(x, y, 256):
+        ...         run_steps(snn.graph_module, xb, 8)
+        >>> mon.summary([1, 2, 4, 8])["per_T"]
+    """
+
+    def __init__(self, gm: fx.GraphModule, T: int, *, energy: EnergyModel | None = None) -> None:
+        self.gm, self.T = gm, int(T)
+        self.energy = energy or EnergyModel()
+        self.samples = 0
+        modules = dict(gm.named_modules())
+        memo: dict[fx.Node, bool] = {}
+        self.layers: dict[str, _LayerCount] = {}
+        self.neurons: dict[str, _NeuronCount] = {}
+        for node in gm.graph.nodes:
+            if node.op != "call_module":
+                continue
+            m = modules[node.target]
+            if isinstance(m, WEIGHTED_MODULES) and node.target not in self.layers:
+                self.layers[node.target] = _LayerCount(node.target, m, not _has_stateful_ancestor(node, modules, memo),
+                                                       self.T)
+            elif isinstance(m, StatefulModule) and m.kind not in NON_NEURON_KINDS and node.target not in self.neurons:
+                self.neurons[node.target] = _NeuronCount(node.target, m.kind, self.T)
+        self._handles: list[Any] = []
+        self._wrapped: list[StatefulModule] = []
+
+    # --- recording ------------------------------------------------------------------------------------
+    def __enter__(self) -> "ActivityMonitor":
+        for name, rec in self.layers.items():
+            self._handles.append(rec.module.register_forward_hook(self._layer_hook(rec)))
+        for name, rec in self.neurons.items():
+            m = self.gm.get_submodule(name)
+            # The simulator calls multi_step directly (forward hooks do not fire there), so wrap it on this
+            # instance only, for the duration of the block.
+            m.multi_step = self._neuron_wrapper(m, rec)
+            self._wrapped.append(m)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        for m in self._wrapped:
+            del m.multi_step
+        self._handles, self._wrapped = [], []
+
+    def add_samples(self, n: int) -> None:
+        """Count ``n`` more samples (call once per batch run)."""
+        self.samples += int(n)
+
+    def _layer_hook(self, rec: _LayerCount):
+        T = self.T
+
+        def hook(mod, args, out):
+            x = args[0]
+            steps = T if (not rec.analog and x.shape[0] % T == 0) else 1
+            B = x.shape[0] // steps
+            if rec.macs is None:
+                rec.macs = layer_macs(mod, tuple(out.shape[1:]))
+                rec.inputs = x[0].numel()
+                if rec.fan_in is None:
+                    rec.fan_in = (mod.in_channels // mod.groups) * int(torch.tensor(mod.kernel_size).prod())
+            if rec.analog:
+                return
+            if rec._fanout is None:
+                rec._fanout = fanout_map(mod, tuple(x.shape[1:]))
+            events = (x != 0).reshape(steps, B, *x.shape[1:]).sum(1, dtype=torch.float64)
+            rec.events[:steps] += events.flatten(1).sum(1).cpu()
+            rec.sops[:steps] += (events * rec._fanout.to(events.device)).flatten(1).sum(1).cpu()
+
+        return hook
+
+    def _neuron_wrapper(self, m: StatefulModule, rec: _NeuronCount):
+        cls_multi_step = type(m).multi_step
+
+        def multi_step(*xs_seq):
+            out = cls_multi_step(m, *xs_seq)
+            if rec.neurons is None:
+                rec.neurons = out[0, 0].numel()
+            rec.spikes[: out.shape[0]] += (out != 0).flatten(2).sum((1, 2), dtype=torch.float64).cpu()
+            return out
+
+        return multi_step
+
+    # --- results --------------------------------------------------------------------------------------
+    def firing_rates(self, Ts: list[int]) -> list[dict[str, Any]]:
+        """Per neuron layer: spikes per neuron per step over the first T steps, for each T in ``Ts``."""
+        self._check(Ts)
+        out = []
+        for rec in self.neurons.values():
+            cum = torch.cumsum(rec.spikes, 0)
+            denom = max(1, self.samples) * (rec.neurons or 1)
+            out.append({"name": rec.name, "kind": rec.kind, "neurons": rec.neurons or 0,
+                        "rates": [float(cum[t - 1]) / (denom * t) for t in Ts],
+                        "spikes_per_sample": [float(cum[t - 1]) / max(1, self.samples) for t in Ts]})
+        return out
+
+    def summary(self, Ts: list[int]) -> dict[str, Any]:
+        """Per-layer MACs and SOPs, totals and energy at each T in ``Ts`` (all per sample)."""
+        self._check(Ts)
+        n = max(1, self.samples)
+        e = self.energy
+        layers, ann_macs, analog_macs = [], 0, 0
+        sops_total = torch.zeros(self.T, dtype=torch.float64)
+        for rec in self.layers.values():
+            macs = rec.macs or 0
+            ann_macs += macs
+            row = {"name": rec.name, "kind": rec.kind, "analog_input": rec.analog, "macs": macs,
+                   "fan_in": rec.fan_in, "inputs": rec.inputs}
+            if rec.analog:
+                analog_macs += macs
+                row["snn_macs"] = [macs * (t if e.analog_per_step else 1) for t in Ts]
+                row["sops"] = [0.0 for _ in Ts]
+            else:
+                cum = torch.cumsum(rec.sops, 0) / n
+                sops_total += rec.sops / n
+                row["snn_macs"] = [0 for _ in Ts]
+                row["sops"] = [float(cum[t - 1]) for t in Ts]
+                row["events"] = [float(torch.cumsum(rec.events, 0)[t - 1]) / n for t in Ts]
+            layers.append(row)
+        cum_sops = torch.cumsum(sops_total, 0)
+        ann_energy = ann_macs * e.e_mac_pj
+        per_t = []
+        for t in Ts:
+            snn_macs = analog_macs * (t if e.analog_per_step else 1)
+            sops = float(cum_sops[t - 1])
+            snn_energy = snn_macs * e.e_mac_pj + sops * e.e_ac_pj
+            per_t.append({"T": t, "snn_macs": snn_macs, "sops": sops, "snn_energy_pj": snn_energy,
+                          "ann_energy_pj": ann_energy, "ratio": snn_energy / ann_energy if ann_energy else None})
+        return {"constants": asdict(e), "samples": self.samples, "ann_macs": ann_macs,
+                "ann_energy_pj": ann_energy, "layers": layers, "per_T": per_t}
+
+    def _check(self, Ts: list[int]) -> None:
+        bad = [t for t in Ts if not 1 <= t <= self.T]
+        if bad:
+            raise Ann2SnnError(f"T values {bad} lie outside the recorded 1..{self.T} steps; record with T={max(Ts)}")

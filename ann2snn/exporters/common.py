@@ -1,0 +1,409 @@
+"""What both ONNX exporters share: the graph emitter, the stateless-op table and the stateful-op table.
+
+Graphs are emitted node by node with onnx-graphsurgeon straight from the spiking fx graph (no
+``torch.onnx.export`` round trip): that is what lets the unrolled exporter pick the cheapest form of each
+neuron and keep per-step tensors apart without Concat/Split copies, and it takes milliseconds.
+
+Two tables drive the emission:
+
+- :data:`STATELESS` maps a node kind (``ann2snn.passes.graph.classify``) to a function that emits one
+  application of that op. Every stateless op of a converted network is affine, so it takes ``k``, the
+  multiplier of its constant part: ``k = 1`` for an ordinary value, ``k = t`` when the unrolled exporter
+  applies it to inputs accumulated over ``t`` steps (``f(Σx) = L(Σx) + t·b``).
+- :data:`STATEFUL` maps ``StatefulModule.kind`` to a :class:`StatefulBuilder`: how it runs all T steps
+  (``unrolled``) and how it runs one step with explicit state (``step``). A new kind (bipolar neuron,
+  spiking product) plugs in by adding a builder here; both exporters look every stateful operator up in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from ann2snn.errors import Ann2SnnError, UnsupportedNodeError
+from ann2snn.layers import Affine
+from ann2snn.neurons import IFNeuron, SpikingMaxPool2d, StatefulModule
+from ann2snn.passes.graph import classify
+
+OPSET = 17
+FLOAT = 1  # onnx.TensorProto.FLOAT
+BOOL_TO_FLOAT = {"to": FLOAT}
+
+
+def _gs():
+    import onnx_graphsurgeon as gs
+
+    return gs
+
+
+class Emitter:
+    """A graphsurgeon graph under construction, with constants cached by key."""
+
+    def __init__(self, name: str) -> None:
+        gs = _gs()
+        self.gs = gs
+        self.graph = gs.Graph(name=name, opset=OPSET)
+        self._consts: dict[Any, Any] = {}
+        self._n = 0
+
+    def fresh(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def const(self, value, key=None, hint: str = "c"):
+        """A float32 constant (cached by ``key`` when given, so shared weights are stored once)."""
+        if key is not None and key in self._consts:
+            return self._consts[key]
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if arr.dtype != np.int64:
+            arr = arr.astype(np.float32)
+        c = self.gs.Constant(self.fresh(hint), np.ascontiguousarray(arr))
+        if key is not None:
+            self._consts[key] = c
+        return c
+
+    def op(self, op_type: str, inputs: list, attrs: dict | None = None, hint: str | None = None, *,
+           name: str | None = None, dtype=np.float32):
+        """Append one node; returns its output variable (named ``name`` when given)."""
+        out = self.gs.Variable(name or self.fresh((hint or op_type).lower()), dtype=dtype)
+        node = self.gs.Node(op_type, name=self.fresh(f"n_{hint or op_type}"), attrs=dict(attrs or {}),
+                            inputs=list(inputs), outputs=[out])
+        self.graph.nodes.append(node)
+        return out
+
+    def identity(self, x, name: str):
+        return self.op("Identity", [x], name=name)
+
+    def scalar(self, v: float):
+        return self.const(np.array(v, dtype=np.float32), key=("scalar", float(v)), hint="s")
+
+    def finish(self, inputs: list, outputs: list, metadata: dict[str, str]):
+        """Clean, sort, convert to ``onnx.ModelProto``, stamp metadata and run the checker."""
+        import onnx
+
+        g = self.graph
+        g.inputs, g.outputs = list(inputs), list(outputs)
+        g.cleanup().toposort()
+        model = self.gs.export_onnx(g, do_type_check=True)
+        model.ir_version = min(model.ir_version, 10)
+        model.producer_name = "ann2snn"
+        for k, v in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, str(v)
+        onnx.checker.check_model(model)
+        return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shapes of the spiking graph (single step, batch 2)
+
+
+def node_shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> dict[fx.Node, tuple[int, ...]]:
+    """Per-sample output shape of every tensor node (one single-step run on zeros)."""
+    from ann2snn.neurons import reset_states
+
+    shapes: dict[fx.Node, tuple[int, ...]] = {}
+
+    class _Prop(fx.Interpreter):
+        def run_node(self, n):
+            r = super().run_node(n)
+            if isinstance(r, torch.Tensor):
+                shapes[n] = tuple(r.shape[1:])
+            return r
+
+    reset_states(gm)
+    try:
+        with torch.no_grad():
+            _Prop(gm).run(torch.zeros(2, *input_shape))
+    finally:
+        reset_states(gm)
+    return shapes
+
+
+def initial_states(gm: fx.GraphModule, shapes: dict) -> dict[str, list[torch.Tensor]]:
+    """``module name -> [initial state of one sample]`` from each operator's own ``init_state``."""
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), StatefulModule):
+            xs = [torch.zeros(1, *shapes[a]) for a in n.args if isinstance(a, fx.Node)]
+            out[n.target] = [s[0].clone() for s in gm.get_submodule(n.target).init_state(*xs)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# stateless ops: emit(em, node, module, args, k, shapes) -> var ; every one affine in its tensor inputs
+
+
+def _pair(v, n=2):
+    return list(v) if isinstance(v, (tuple, list)) else [v] * n
+
+
+def _bias(em: Emitter, m: nn.Module, k: float, offset: float, n_out: int):
+    """The constant part ``k·b + offset`` (None when zero)."""
+    if m.bias is None and offset == 0.0:
+        return None
+    b = (m.bias.detach() * k if m.bias is not None else torch.zeros(n_out)) + offset
+    return em.const(b, key=(id(m), "b", k, offset), hint="b")
+
+
+def _conv(em: Emitter, node, m: nn.Module, xs, k, shapes, offset: float = 0.0):
+    if isinstance(m, nn.Linear):
+        w = em.const(m.weight, key=(id(m), "w"), hint="w")
+        bias = _bias(em, m, k, offset, m.out_features)
+        inputs = [xs[0], w] + ([bias] if bias is not None else [])
+        if len(shapes[node.args[0]]) == 1:
+            return em.op("Gemm", inputs, {"transB": 1}, hint="gemm")
+        wt = em.const(m.weight.t(), key=(id(m), "wt"), hint="wt")
+        y = em.op("MatMul", [xs[0], wt])
+        return em.op("Add", [y, bias]) if bias is not None else y
+    if not isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        raise UnsupportedNodeError(node, f"{type(m).__name__} is not exported to ONNX; use Conv2d/Conv1d/Linear")
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise UnsupportedNodeError(node, "only zero padding given as numbers is exported; set padding=(p, p)")
+    nd = 1 if isinstance(m, nn.Conv1d) else 2
+    attrs = {"strides": _pair(m.stride, nd), "dilations": _pair(m.dilation, nd), "group": m.groups,
+             "kernel_shape": _pair(m.kernel_size, nd), "pads": _pair(m.padding, nd) * 2}
+    inputs = [xs[0], em.const(m.weight, key=(id(m), "w"), hint="w")]
+    bias = _bias(em, m, k, offset, m.out_channels)
+    if bias is not None:
+        inputs.append(bias)
+    return em.op("Conv", inputs, attrs, hint="conv")
+
+
+def _affine(em, node, m: Affine, xs, k, shapes, offset: float = 0.0):
+    y = em.op("Mul", [xs[0], em.const(m.weight, key=(id(m), "w"), hint="aw")])
+    if m.bias is None and offset == 0.0:
+        return y
+    b = (m.bias * k if m.bias is not None else torch.zeros(())) + offset
+    return em.op("Add", [y, em.const(b, key=(id(m), "b", k, offset), hint="ab")])
+
+
+#: stateless kinds whose emitter takes ``offset`` (added to the constant part): a neuron's comparison constant
+#: can be folded into them
+OFFSETTABLE = ("linear", "affine")
+
+
+def _pool(em, node, m, xs, k, shapes):
+    in_shape = shapes[node.args[0]]
+    if node.op == "call_module":
+        if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d)):
+            out = shapes[node][1:]
+            if all(o == 1 for o in out):
+                return em.op("GlobalAveragePool", [xs[0]])
+            if any(i % o for i, o in zip(in_shape[1:], out)):
+                raise UnsupportedNodeError(node, "adaptive pooling to a size that does not divide the input is "
+                                           "not exported; use AvgPool2d or pool to 1")
+            ks = [i // o for i, o in zip(in_shape[1:], out)]
+            return em.op("AveragePool", [xs[0]], {"kernel_shape": ks, "strides": ks})
+        if isinstance(m, (nn.AvgPool2d, nn.AvgPool1d)):
+            if getattr(m, "divisor_override", None):
+                raise UnsupportedNodeError(node, "avg-pool divisor_override is not exported; remove it")
+            nd = 1 if isinstance(m, nn.AvgPool1d) else 2
+            ks = _pair(m.kernel_size, nd)
+            return em.op("AveragePool", [xs[0]], {
+                "kernel_shape": ks, "strides": _pair(m.stride if m.stride is not None else m.kernel_size, nd),
+                "pads": _pair(m.padding, nd) * 2, "ceil_mode": int(m.ceil_mode),
+                "count_include_pad": int(m.count_include_pad)})
+    if node.target in (torch.mean, "mean"):
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        rank = len(in_shape) + 1
+        axes = em.const(np.array([d % rank for d in dims], dtype=np.int64))
+        return em.op("ReduceMean", [xs[0], axes], {"keepdims": int(bool(keep))})
+    raise UnsupportedNodeError(node, "this pooling is not exported to ONNX; use nn.AvgPool2d or "
+                               "nn.AdaptiveAvgPool2d")
+
+
+def _flatten(em, node, m, xs, k, shapes):
+    out = shapes[node]
+    if len(out) == 1:
+        return em.op("Flatten", [xs[0]], {"axis": 1})
+    shape = em.const(np.array([0, *out], dtype=np.int64))
+    return em.op("Reshape", [xs[0], shape])
+
+
+def _add(em, node, m, xs, k, shapes):
+    tensors = [x for x in xs if x is not None]
+    consts = [a for a, x in zip(node.args, xs) if x is None]
+    alpha = node.kwargs.get("alpha", 1)
+    if alpha != 1 or len(tensors) + len(consts) != 2:
+        raise UnsupportedNodeError(node, "only a + b is exported; write the sum without alpha")
+    if len(tensors) == 2:
+        return em.op("Add", tensors)
+    return em.op("Add", [tensors[0], em.scalar(float(consts[0]) * k)])
+
+
+def _cat(em, node, m, xs, k, shapes):
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    rank = len(shapes[node]) + 1
+    return em.op("Concat", xs, {"axis": dim % rank})
+
+
+def _identity(em, node, m, xs, k, shapes):
+    return xs[0]
+
+
+#: node kind -> emitter of one application (see module docstring)
+STATELESS: dict[str, Callable] = {
+    "linear": _conv,
+    "affine": _affine,
+    "pool": _pool,
+    "flatten": _flatten,
+    "reshape": _flatten,
+    "add": _add,
+    "cat": _cat,
+    "identity": _identity,
+}
+
+
+def stateless_inputs(node: fx.Node) -> list[fx.Node | None]:
+    """The argument positions an emitter gets variables for (``cat`` takes the list)."""
+    if classify_node(node) == "cat":
+        return list(node.args[0])
+    if classify_node(node) == "add":
+        return [a if isinstance(a, fx.Node) else None for a in node.args[:2]]
+    return [node.args[0]]
+
+
+def classify_node(node: fx.Node, modules: dict | None = None) -> str:
+    modules = modules if modules is not None else dict(node.graph.owning_module.named_modules())
+    return classify(node, modules)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# stateful ops
+
+
+@dataclass(frozen=True)
+class StatefulBuilder:
+    """How one stateful-operator kind is emitted.
+
+    - ``unrolled(em, module, xs, T) -> ys``: ``xs`` are the inputs, each either a static variable (the same
+      value at every step, direct encoding) or a list of T variables *accumulated over steps* (``Σ_{τ≤t} x_τ``);
+      returns the output in the same form (accumulated outputs ``Σ_{τ≤t} y_τ``). The returned value may be
+      static when the operator commutes with time on a constant input.
+    - ``step(em, module, xs, states) -> (y, new_states)``: one step on instantaneous values.
+    - ``input_offset(module) -> float | None``: a constant the producer of the (time-varying) input may add to its
+      bias so that ``unrolled`` runs cheaper; the builder is then called with ``shifted=True``.
+    """
+
+    unrolled: Callable
+    step: Callable
+    input_offset: Callable = lambda m: None
+
+
+def _if_unrolled(em: Emitter, m: IFNeuron, xs, T: int, *, shifted: bool = False):
+    """IF over T steps on accumulated inputs; returns accumulated outputs (spike counts ``c_t``).
+
+    ``shifted``: the producer already subtracted ``1 − φ`` (folded into its bias, see ``OFFSETTABLE``), so a
+    spike fires when ``X'_t ≥ c_{t−1}`` — one comparison, no subtraction.
+    """
+    (x,) = xs
+    theta = None if m.unit_threshold else em.const(m.threshold, key=(id(m), "theta"), hint="theta")
+    inv = None if m.unit_threshold else em.const(1.0 / m.threshold, key=(id(m), "inv"), hint="inv_theta")
+    if not isinstance(x, list):
+        # constant input a (threshold units): count_t = clamp(floor(t·a + φ), 0, t) = floor(t·clip(a, 0, 1) + φ),
+        # with t·a + φ accumulated one Add per step (the same sum the simulator's membrane accumulates)
+        a = x if inv is None else em.op("Mul", [x, inv])
+        a = em.op("Clip", [a, em.scalar(0.0), em.scalar(1.0)])
+        counts, y = [], None
+        for _ in range(T):
+            y = em.op("Add", [a, em.scalar(m.shift)] if y is None else [y, a])
+            counts.append(em.op("Floor", [y]))
+    else:
+        # accumulated input X_t: a spike fires when φ + X_t − count_{t−1} ≥ 1 (the soft-reset membrane)
+        counts, c = [], None
+        for X in x:
+            X = X if inv is None else em.op("Mul", [X, inv])
+            if shifted:
+                ge = em.op("GreaterOrEqual", [X, em.scalar(0.0) if c is None else c], dtype=np.bool_)
+            else:
+                d = X if c is None else em.op("Sub", [X, c])
+                ge = em.op("GreaterOrEqual", [d, em.scalar(1.0 - m.shift)], dtype=np.bool_)
+            s = em.op("Cast", [ge], BOOL_TO_FLOAT)
+            c = s if c is None else em.op("Add", [c, s])
+            counts.append(c)
+    return counts if theta is None else [em.op("Mul", [c, theta]) for c in counts]
+
+
+def if_input_offset(m: IFNeuron) -> float | None:
+    """The constant a producer may fold into its bias for :func:`_if_unrolled` (``shifted=True``)."""
+    return -(1.0 - m.shift) if m.unit_threshold else None
+
+
+def _if_step(em: Emitter, m: IFNeuron, xs, states):
+    (x,), (v,) = xs, states
+    v = em.op("Add", [v, x])
+    if m.unit_threshold:
+        s = em.op("Cast", [em.op("GreaterOrEqual", [v, em.scalar(1.0)], dtype=np.bool_)], BOOL_TO_FLOAT)
+        return s, [em.op("Sub", [v, s])]
+    theta = em.const(m.threshold, key=(id(m), "theta"), hint="theta")
+    spk = em.op("Cast", [em.op("GreaterOrEqual", [v, theta], dtype=np.bool_)], BOOL_TO_FLOAT)
+    out = em.op("Mul", [spk, theta])
+    return out, [em.op("Sub", [v, out])]
+
+
+def _maxpool_attrs(m: SpikingMaxPool2d) -> dict:
+    return {"kernel_shape": _pair(m.kernel_size), "strides": _pair(m.stride), "pads": _pair(m.padding) * 2,
+            "dilations": _pair(m.dilation), "ceil_mode": int(m.ceil_mode)}
+
+
+def _maxpool_unrolled(em: Emitter, m: SpikingMaxPool2d, xs, T: int, *, shifted: bool = False):
+    # Σ_{τ≤t} y_τ = maxpool(Σ_{τ≤t} x_τ): the accumulated output is the pool of the accumulated input
+    (x,) = xs
+    if not isinstance(x, list):
+        return em.op("MaxPool", [x], _maxpool_attrs(m))  # maxpool(t·x) = t·maxpool(x)
+    return [em.op("MaxPool", [X], _maxpool_attrs(m)) for X in x]
+
+
+def _maxpool_step(em: Emitter, m: SpikingMaxPool2d, xs, states):
+    (x,), (count, prev) = xs, states
+    count = em.op("Add", [count, x])
+    mx = em.op("MaxPool", [count], _maxpool_attrs(m))
+    return em.op("Sub", [mx, prev]), [count, mx]
+
+
+#: StatefulModule.kind -> its builder; both exporters treat every stateful operator through this table.
+STATEFUL: dict[str, StatefulBuilder] = {
+    "if": StatefulBuilder(unrolled=_if_unrolled, step=_if_step, input_offset=if_input_offset),
+    "maxpool": StatefulBuilder(unrolled=_maxpool_unrolled, step=_maxpool_step),
+}
+
+
+def stateful_builder(node: fx.Node, m: StatefulModule) -> StatefulBuilder:
+    b = STATEFUL.get(getattr(m, "kind", None))
+    if b is None:
+        raise UnsupportedNodeError(node, f"stateful operator kind {m.kind!r} ({type(m).__name__}) has no ONNX "
+                                   "builder; add one to ann2snn.exporters.common.STATEFUL")
+    return b
+
+
+def metadata(snn, *, T: int, fmt: str, encoding: str) -> dict[str, str]:
+    """The ``metadata_props`` both formats carry."""
+    import json
+
+    import ann2snn
+
+    return {
+        "ann2snn.version": ann2snn.__version__,
+        "ann2snn.T": str(T),
+        "ann2snn.format": fmt,
+        "ann2snn.encoding": encoding,
+        "ann2snn.shift": json.dumps(snn.info.get("shift")),
+        "ann2snn.neuron_kinds": json.dumps(snn.info.get("neuron_kinds", [])),
+        "ann2snn.input_shape": json.dumps(list(snn.input_shape)),
+        "ann2snn.arch": json.dumps(snn.info.get("arch")),
+    }
+
+
+def check_graph_module(gm: fx.GraphModule) -> None:
+    """Raise when the graph's output is not a single tensor node."""
+    outs = [n for n in gm.graph.nodes if n.op == "output"]
+    if len(outs) != 1 or not isinstance(outs[0].args[0], fx.Node):
+        raise Ann2SnnError("the spiking graph must return a single tensor to be exported to ONNX")
+

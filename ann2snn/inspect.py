@@ -1,0 +1,164 @@
+"""Inspect a QANN: its QCFS thresholds layer by layer, and what conversion does to its graph.
+
+Threshold spread within one QCFS layer (over its thresholds θ_1..θ_n, one per channel / head / neuron,
+after Softplus where the layer uses it):
+
+- ``MaxDiff = max_c θ_c − min_c θ_c``: the largest difference between any two thresholds of the layer;
+- ``AvgDiff = 1/(n(n−1)) · Σ_{c≠c'} |θ_c − θ_c'|``: the mean absolute difference over all ordered pairs
+  of distinct thresholds (Gini's mean difference). Both are 0 for a layer-wise QCFS (n = 1).
+
+``raw_nonpositive`` counts raw parameters λ ≤ 0: with ``positive="none"`` these are thresholds θ = λ ≤ 0
+that no IF neuron can have (conversion refuses them); with Softplus they are thresholds θ ≤ ln 2 that plain
+QCFS would have driven negative. ``theta_nonpositive`` counts θ ≤ 0, the ones that block conversion.
+See ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from ann2snn.errors import Ann2SnnError
+from ann2snn.layers import qcfs_modules
+
+__all__ = ["threshold_spread", "threshold_stats", "inspect_thresholds", "plot_threshold_histogram",
+           "inspect_graph"]
+
+
+def threshold_spread(theta: torch.Tensor) -> tuple[float, float]:
+    """``(MaxDiff, AvgDiff)`` of a threshold vector (see the module docstring); ``(0, 0)`` for one value.
+
+    AvgDiff is computed in O(n log n): for sorted x, ``Σ_{i<j} (x_j − x_i) = Σ_j x_j · (2j − n + 1)``.
+
+    Example:
+        >>> threshold_spread(torch.tensor([1.0, 2.0, 4.0]))   # pairs: 1, 3, 2
+        (3.0, 2.0)
+    """
+    x = torch.as_tensor(theta, dtype=torch.float64).detach().reshape(-1)
+    n = x.numel()
+    if n == 0:
+        raise Ann2SnnError("threshold_spread needs at least one threshold, got an empty tensor")
+    if n == 1:
+        return 0.0, 0.0
+    xs, _ = torch.sort(x)
+    j = torch.arange(n, dtype=torch.float64)
+    pair_sum = float((xs * (2 * j - n + 1)).sum())  # Σ over unordered pairs
+    return float(xs[-1] - xs[0]), pair_sum / (n * (n - 1) / 2)
+
+
+def threshold_stats(theta: torch.Tensor) -> dict[str, float | int]:
+    """count, min, mean, max, MaxDiff, AvgDiff and ``theta_nonpositive`` of a threshold vector."""
+    x = torch.as_tensor(theta, dtype=torch.float64).detach().reshape(-1)
+    max_diff, avg_diff = threshold_spread(x)
+    return {"count": x.numel(), "min": float(x.min()), "mean": float(x.mean()), "max": float(x.max()),
+            "max_diff": max_diff, "avg_diff": avg_diff, "theta_nonpositive": int((x <= 0).sum())}
+
+
+def inspect_thresholds(model: nn.Module) -> list[dict[str, Any]]:
+    """One row per QCFS layer of ``model``: granularity, dim, L, φ, θ statistics and negative-λ counts.
+
+    Each row: ``name, granularity, dim, positive, levels, shift, count, min, mean, max, max_diff, avg_diff,
+    raw_nonpositive, theta_nonpositive, thresholds`` (the θ values as a list, for plots).
+
+    Example:
+        >>> rows = inspect_thresholds(ann2snn.load("digits.pt"))
+        >>> rows[0]["max_diff"]
+    """
+    layers = qcfs_modules(model)
+    if not layers:
+        raise Ann2SnnError(f"{type(model).__name__} has no QCFS layer to inspect; pass a QANN built with QCFS "
+                           "activations (e.g. ann2snn.models.create(..., levels=L)), not a ReLU net or an SNN")
+    rows = []
+    for name, q in layers:
+        theta = q.threshold.detach().double().reshape(-1)
+        rows.append({
+            "name": name, "granularity": q.granularity, "dim": q.dim, "positive": q.positive,
+            "levels": q.levels, "shift": q.shift, **threshold_stats(theta),
+            "raw_nonpositive": int((q.lam.detach() <= 0).sum()),
+            "thresholds": [float(v) for v in theta],
+        })
+    return rows
+
+
+def plot_threshold_histogram(rows: list[dict[str, Any]], path: str | os.PathLike | None = None, *,
+                             bins: int = 30):
+    """A histogram of θ per QCFS layer (one panel each; negative raw λ noted in the title).
+
+    ``rows`` come from :func:`inspect_thresholds`. Writes a PNG to ``path`` when given; returns the figure.
+    Needs matplotlib (``pip install ann2snn[plot]``).
+    """
+    from ann2snn.report import pyplot
+
+    plt = pyplot()
+    if all(r["count"] == 1 for r in rows):  # all layer-wise: one bar per layer says more than n histograms
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(rows) + 2), 3.2))
+        colors = ["#cc3311" if r["raw_nonpositive"] else "#4477aa" for r in rows]
+        ax.bar(range(len(rows)), [r["mean"] for r in rows], color=colors)
+        ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=45 if len(rows) > 8 else 0, fontsize=8)
+        ax.set_ylabel("θ")
+        ax.set_title("layer-wise QCFS thresholds (red: raw λ ≤ 0)", fontsize=10)
+    else:
+        n = len(rows)
+        cols = min(3, n)
+        nrows = math.ceil(n / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), squeeze=False)
+        for ax, r in zip(axes.flat, rows):
+            vals = r["thresholds"]
+            if len(vals) > 1:
+                ax.hist(vals, bins=bins, color="#4477aa", edgecolor="white")
+            else:
+                ax.axvline(vals[0], color="#4477aa", lw=3)
+            ax.axvline(r["mean"], color="#cc3311", lw=1, ls="--")
+            flag = f", {r['raw_nonpositive']} λ≤0" if r["raw_nonpositive"] else ""
+            ax.set_title(f"{r['name']} ({r['granularity']}, n={r['count']}{flag}) MaxDiff={r['max_diff']:.3g}",
+                         fontsize=8)
+            ax.set_xlabel("θ")
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def inspect_graph(model: nn.Module, *, example_input: torch.Tensor | None = None,
+                  input_shape: tuple[int, ...] | None = None, maxpool: str = "spiking") -> dict[str, Any]:
+    """What conversion does to ``model``: node counts, BNs folded / kept, thresholds folded / kept as scales,
+    and every neuron with its threshold and state shape.
+
+    Example:
+        >>> g = inspect_graph(qann)
+        >>> g["nodes_before"], g["nodes_after"], len(g["neurons"])
+    """
+    from ann2snn.network import convert
+
+    snn = convert(model, example_input=example_input, input_shape=input_shape, maxpool=maxpool)
+    report = snn.report
+    trace = report.passes[0]
+    bn = report.get("fold_batchnorm")
+    th = report.get("fold_thresholds")
+    orig = {t["node"]: t for t in th.get("thresholds", [])}
+    neurons = []
+    for n in report.get("replace_qcfs_with_if").get("neurons", []):
+        o = orig.get(n["node"], {})
+        neurons.append({**n, "original_min": o.get("min"), "original_max": o.get("max"),
+                        "granularity": o.get("granularity"), "count": o.get("count")})
+    return {
+        "nodes_before": trace.nodes_after,
+        "nodes_after": report.passes[-1].nodes_after,
+        "batchnorm_folded": list(bn.get("folded", [])),
+        "batchnorm_kept_as_affine": list(bn.get("kept_as_affine", [])),
+        "thresholds_folded": list(th.get("thresholds", [])),
+        "rescaled_producers": list(th.get("rescaled_producers", [])),
+        "explicit_scales": list(th.get("explicit_scales", [])),
+        "neurons": neurons,
+        "stateful": [{"name": name, "kind": m.kind} for name, m in snn.stateful()],
+        "counts": report.counts(),
+        "report": report.to_dict(),
+    }
+

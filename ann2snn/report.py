@@ -1,0 +1,241 @@
+"""One self-contained HTML page from run records: tables and plots, images embedded as base64, no server.
+
+>>> from ann2snn.runs import read_record
+>>> write_report([read_record("20250101-120000-eval-abc123")], "report.html")
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from ann2snn.errors import Ann2SnnError
+
+__all__ = ["pyplot", "figure_png", "render_html", "write_report", "headline"]
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend, or a one-line error saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise Ann2SnnError("plots need matplotlib: pip install 'ann2snn[plot]' (or matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    plt = pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# --- HTML pieces ----------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222}
+h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}
+h3{font-size:15px;margin:18px 0 6px} .meta{color:#666;font-size:13px}
+table{border-collapse:collapse;margin:6px 0 12px;font-size:13px} th,td{border:1px solid #ddd;padding:3px 8px}
+th{background:#f3f5f8;text-align:left} td.n{text-align:right;font-variant-numeric:tabular-nums}
+tr.hl td{background:#fff7d6} img{max-width:100%;border:1px solid #eee;margin:6px 0}
+.tw{overflow-x:auto;max-width:100%} code{background:#f3f3f3;padding:1px 4px;border-radius:3px} details{margin:6px 0}
+"""
+
+
+def _esc(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if abs(v) >= 1e12:
+            return f"{v:.3e}"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.4g}" if abs(v) < 1 else f"{v:,.2f}".rstrip("0").rstrip(".")
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, (list, tuple)) and len(v) > 8:
+        return _esc(f"[{len(v)} values]")
+    return _esc(v)
+
+
+def _table(columns: list[str], rows: list[list[Any]], *, highlight: Iterable[int] = ()) -> str:
+    hl = set(highlight)
+    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+    body = []
+    for i, r in enumerate(rows):
+        cells = "".join(f'<td class="n">{_fmt(v)}</td>' if isinstance(v, (int, float)) and not isinstance(v, bool)
+                        else f"<td>{_fmt(v)}</td>" for v in r)
+        body.append(f'<tr{" class=hl" if i in hl else ""}>{cells}</tr>')
+    return f"<div class=tw><table><tr>{head}</tr>{''.join(body)}</table></div>"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def _kv(d: dict[str, Any]) -> str:
+    rows = [[k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else v] for k, v in d.items()]
+    return _table(["key", "value"], rows)
+
+
+# --- per-kind sections ----------------------------------------------------------------------------------
+def _eval_section(m: dict[str, Any], *, images: bool) -> str:
+    out = []
+    levels = m.get("levels", [])
+    qacc = m.get("qann_accuracy")
+    e_rows = {r["T"]: r for r in m.get("energy", {}).get("per_T", [])}
+    rows, hl = [["QANN", "-", _pct(qacc), "-", "-", "-", "-"]], []
+    for i, r in enumerate(m.get("per_T", [])):
+        e = e_rows.get(r["T"], {})
+        rows.append(["SNN" + (" (T = L)" if r["T"] in levels else ""), r["T"], _pct(r["snn_accuracy"]),
+                     f"{r['delta_pp']:+.2f} pp", _pct(r["agreement"]), e.get("sops", "-"), e.get("ratio", "-")])
+        if r["T"] in levels:
+            hl.append(i + 1)
+    out.append(f"<h3>Accuracy at every T ({_esc(m.get('dataset'))}, {_fmt(m.get('samples'))} samples, "
+               f"L = {_esc(', '.join(map(str, levels)))})</h3>")
+    out.append(_table(["model", "T", "accuracy", "vs QANN", "same prediction as QANN", "SOPs / sample",
+                       "E_SNN / E_ANN"], rows, highlight=hl))
+    Ts = m.get("T_list", [])
+    fr = m.get("firing_rates", [])
+    if fr:
+        out.append("<h3>Firing rates (spikes per neuron per step)</h3>")
+        out.append(_table(["layer", "kind", "neurons"] + [f"T={t}" for t in Ts],
+                          [[f["name"], f["kind"], f["neurons"]] + [round(r, 4) for r in f["rates"]] for f in fr]))
+    en = m.get("energy")
+    if en:
+        c = en.get("constants", {})
+        out.append(f"<h3>Operations per sample (E_MAC = {c.get('e_mac_pj')} pJ, E_AC = {c.get('e_ac_pj')} pJ; "
+                   f"ANN: {_fmt(en.get('ann_macs'))} MACs = {_fmt(en.get('ann_energy_pj', 0) / 1e6)} µJ)</h3>")
+        out.append(_table(["layer", "kind", "input", "ANN MACs"] + [f"SNN ops T={t}" for t in Ts],
+                          [[r["name"], r["kind"], "analog (MAC every step)" if r["analog_input"] else "spikes",
+                            r["macs"]] + [(mac if r["analog_input"] else sop)
+                                          for mac, sop in zip(r["snn_macs"], r["sops"])] for r in en["layers"]]))
+    th = m.get("thresholds")
+    if th:
+        out.append("<h3>QCFS thresholds</h3>")
+        out.append(_threshold_table(th))
+    if images:
+        from ann2snn.evaluate import plot_eval
+
+        out.append(_img(figure_png(plot_eval(m)), "accuracy, firing rates and energy vs T"))
+        if th:
+            from ann2snn.inspect import plot_threshold_histogram
+
+            out.append(_img(figure_png(plot_threshold_histogram(th)), "threshold histograms"))
+    return "".join(out)
+
+
+def _threshold_table(rows: list[dict[str, Any]]) -> str:
+    return _table(["layer", "granularity", "count", "min θ", "mean θ", "max θ", "MaxDiff", "AvgDiff", "λ ≤ 0",
+                   "L", "φ"],
+                  [[r["name"], r["granularity"], r["count"], r["min"], r["mean"], r["max"], r["max_diff"],
+                    r["avg_diff"], r["raw_nonpositive"], r["levels"], r["shift"]] for r in rows],
+                  highlight=[i for i, r in enumerate(rows) if r["raw_nonpositive"]])
+
+
+def _generic_metrics(m: dict[str, Any]) -> str:
+    """Scalars (and short lists of them) as a key/value table; lists of dicts and dicts of dicts as tables."""
+    def scalar(v):
+        return not isinstance(v, (dict, list)) or (isinstance(v, list) and not any(isinstance(x, (dict, list))
+                                                                                   for x in v))
+
+    scalars = {k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in m.items() if scalar(v)}
+    out = [_kv(scalars)] if scalars else []
+    for k, v in m.items():
+        if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
+            cols = list(dict.fromkeys(c for r in v for c in r))
+            out.append(f"<h3>{_esc(k)}</h3>" + _table(cols, [[r.get(c, "") for c in cols] for r in v]))
+        elif isinstance(v, dict) and v and all(isinstance(r, dict) for r in v.values()):
+            cols = list(dict.fromkeys(c for r in v.values() for c in r))
+            out.append(f"<h3>{_esc(k)}</h3>" + _table([""] + cols, [[name] + [r.get(c, "") for c in cols]
+                                                                      for name, r in v.items()]))
+        elif isinstance(v, dict) and v:
+            out.append(f"<h3>{_esc(k)}</h3>" + _kv(v))
+    return "".join(out)
+
+
+def _record_section(rec: dict[str, Any], *, images: bool) -> str:
+    kind = rec.get("kind", "?")
+    out = [f'<h2 id="{_esc(rec.get("id"))}">{_esc(kind)} — <code>{_esc(rec.get("id"))}</code></h2>',
+           f'<div class="meta">{_esc(rec.get("time", ""))}</div>']
+    m = rec.get("metrics", {}) or {}
+    out.append("<h3>Metrics</h3>")
+    if kind == "eval" and "per_T" in m:
+        out.append(_eval_section(m, images=images))
+    else:
+        out.append(_generic_metrics(m))
+    if images and kind != "eval":  # an eval's plots are redrawn above from its metrics
+        for p in rec.get("outputs", []):
+            if str(p).lower().endswith(".png") and Path(p).is_file():
+                out.append(f"<h3>{_esc(p)}</h3>" + _img(Path(p).read_bytes(), str(p)))
+    out.append("<details><summary>configuration, versions, input hashes</summary>")
+    out.append(_kv(rec.get("config", {}) or {}))
+    out.append(_kv(rec.get("versions", {}) or {}))
+    if rec.get("inputs"):
+        out.append(_table(["input file", "sha256"], [[k, v] for k, v in rec["inputs"].items()]))
+    out.append("</details>")
+    return "".join(out)
+
+
+def render_html(records: list[dict[str, Any]], *, title: str = "ann2snn report", images: bool = True) -> str:
+    """One HTML page for ``records`` (from :mod:`ann2snn.runs`): an index table, then one section per run.
+
+    Eval runs get their accuracy / firing-rate / operation tables and plots (PNG, base64-embedded); other runs
+    get their metrics as tables. ``images=False`` skips matplotlib entirely.
+    """
+    if not records:
+        raise Ann2SnnError("no run records to report; run `ann2snn eval ...` first or name runs from `ann2snn runs`")
+    index = _table(["run", "kind", "time", "headline"],
+                   [[f'{r.get("id")}', r.get("kind"), r.get("time"), headline(r)] for r in records])
+    body = "".join(_record_section(r, images=images) for r in records)
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>"
+            f"<div class='meta'>{len(records)} run(s)</div><h2>Runs</h2>{index}{body}</body></html>")
+
+
+def headline(rec: dict[str, Any]) -> str:
+    """A one-line summary of a record's metrics (used by ``ann2snn runs`` and the report index)."""
+    m = rec.get("metrics", {}) or {}
+    if rec.get("kind") == "eval" and "per_T" in m:
+        best = max(m["per_T"], key=lambda r: r["snn_accuracy"])
+        return (f"QANN {_pct(m.get('qann_accuracy'))}, SNN best {_pct(best['snn_accuracy'])} at T={best['T']} "
+                f"({m.get('dataset')})")
+    parts = []
+    for k in ("test_accuracy", "qann_accuracy", "accuracy", "T", "if_neurons", "latency_ms", "throughput"):
+        v = m.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(f"{k}={_pct(v) if 'accuracy' in k else _fmt(v)}")
+    return ", ".join(parts) or f"{len(m)} metrics"
+
+
+def write_report(records: list[dict[str, Any]], path: str | os.PathLike, *, title: str = "ann2snn report",
+                 force: bool = False, images: bool = True) -> Path:
+    """Render :func:`render_html` to ``path`` atomically (refuses to overwrite without ``force``)."""
+    from ann2snn.checkpoint import atomic_write
+
+    page = render_html(records, title=title, images=images)
+    out = atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"), force=force)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out, 0o666 & ~umask)  # a page to share, not a private temp file
+    return out

@@ -1,0 +1,19 @@
+"""Fixtures for the onnxruntime exporter tests: tiny seeded zoo models with random BN statistics and thresholds."""
+
+from __future__ import annotations
+
+import pytest
+import ann2snn
+from helpers import make_qann
+
+@pytest.fixture(scope="session")
+def snns():
+    """Converted SNNs by key (T = 4), built once per session."""
+    cache = {}
+
+    def get(key: str, T: int = 4):
+        if (key, T) not in cache:
+            cache[key, T] = ann2snn.convert(make_qann(key), T)
+        return cache[key, T]
+
+    return get
