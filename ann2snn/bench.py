@@ -53,24 +53,29 @@ def median_time(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10, mi
 
 
 def median_times(fns: dict[str, Callable[[], Any]], *, warmup: int = 3, repeats: int = 10,
-                 min_seconds: float = 0.0) -> dict[str, float]:
-    """Median wall time of each ``fn()``, the functions called in turn within every round.
+                 min_seconds: float = 0.0, rounds: int = 5) -> dict[str, float]:
+    """Median wall time of each ``fn()``, the contenders taking turns in ``rounds`` blocks of runs.
 
-    Interleaving puts every contender under the same machine load (this matters on a shared machine), so the
-    ratios between them are meaningful even when the absolute times drift.
+    Taking turns puts every contender under the same machine load (this matters on a shared machine), so the
+    ratios between them mean something even when absolute times drift. Each block starts with an untimed call:
+    onnxruntime's worker threads keep spinning for a moment after a run, and the first run of the next session
+    would pay for the previous session's spinning.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    per_block = max(1, -(-repeats // rounds))
     times: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
-    rounds = 0
-    while rounds < repeats or time.perf_counter() - start < min_seconds:
+    done = 0
+    while done < rounds or time.perf_counter() - start < min_seconds:
         for k, fn in fns.items():
-            t0 = time.perf_counter()
             fn()
-            times[k].append(time.perf_counter() - t0)
-        rounds += 1
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        done += 1
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -135,14 +135,15 @@ class ActivityMonitor:
     """Counts spikes of every neuron layer and synaptic operations of every conv / linear layer while the
     reference simulator runs a spiking GraphModule in multi-step mode.
 
-    Use as a context manager around :func:`ann2snn.simulator.run_steps` calls with the same ``T``, then read
-    :meth:`summary`. Counts are per step, so the numbers at every T' ≤ T come from the same run (the first T'
-    steps of a T-step run are a T'-step run).
+    Pass it as the simulator's observer (:func:`ann2snn.simulator.run_steps`, multi-step) with the same ``T``,
+    count the samples, then read :meth:`summary`. Counts are per step, so the numbers at every T' ≤ T come from
+    the same run (the first T' steps of a T-step run are a T'-step run).
 
     Example:
-        >>> with ActivityMonitor(snn.graph_module, T=8) as mon:
-        ...     for xb, _ in batches(x, y, 256):
-        ...         run_steps(snn.graph_module, xb, 8)
+        >>> mon = ActivityMonitor(snn.graph_module, T=8)
+        >>> for xb, _ in batches(x, y, 256):
+        ...     run_steps(snn.graph_module, xb, 8, observer=mon)
+        ...     mon.add_samples(len(xb))
         >>> mon.summary([1, 2, 4, 8])["per_T"]
     """
 
@@ -163,65 +164,37 @@ class ActivityMonitor:
                                                        self.T)
             elif isinstance(m, StatefulModule) and m.kind not in NON_NEURON_KINDS and node.target not in self.neurons:
                 self.neurons[node.target] = _NeuronCount(node.target, m.kind, self.T)
-        self._handles: list[Any] = []
-        self._wrapped: list[StatefulModule] = []
-
-    # --- recording ------------------------------------------------------------------------------------
-    def __enter__(self) -> "ActivityMonitor":
-        for name, rec in self.layers.items():
-            self._handles.append(rec.module.register_forward_hook(self._layer_hook(rec)))
-        for name, rec in self.neurons.items():
-            m = self.gm.get_submodule(name)
-            # The simulator calls multi_step directly (forward hooks do not fire there), so wrap it on this
-            # instance only, for the duration of the block.
-            m.multi_step = self._neuron_wrapper(m, rec)
-            self._wrapped.append(m)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        for m in self._wrapped:
-            del m.multi_step
-        self._handles, self._wrapped = [], []
 
     def add_samples(self, n: int) -> None:
         """Count ``n`` more samples (call once per batch run)."""
         self.samples += int(n)
 
-    def _layer_hook(self, rec: _LayerCount):
-        T = self.T
-
-        def hook(mod, args, out):
-            x = args[0]
-            steps = T if (not rec.analog and x.shape[0] % T == 0) else 1
-            B = x.shape[0] // steps
+    @torch.no_grad()
+    def __call__(self, node: fx.Node, inputs: list[torch.Tensor], output: torch.Tensor) -> None:
+        """The simulator's observer: every tensor is ``[T, B, ...]``."""
+        if node.op != "call_module":
+            return
+        if node.target in self.neurons:
+            rec = self.neurons[node.target]
+            if rec.neurons is None:
+                rec.neurons = output[0, 0].numel()
+            rec.spikes += (output != 0).flatten(2).sum((1, 2), dtype=torch.float64).cpu()
+        elif node.target in self.layers:
+            rec = self.layers[node.target]
+            x = inputs[0]
             if rec.macs is None:
-                rec.macs = layer_macs(mod, tuple(out.shape[1:]))
-                rec.inputs = x[0].numel()
+                rec.macs = layer_macs(rec.module, tuple(output.shape[2:]))
+                rec.inputs = x[0, 0].numel()
                 if rec.fan_in is None:
-                    rec.fan_in = (mod.in_channels // mod.groups) * int(torch.tensor(mod.kernel_size).prod())
+                    m = rec.module
+                    rec.fan_in = (m.in_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
             if rec.analog:
                 return
             if rec._fanout is None:
-                rec._fanout = fanout_map(mod, tuple(x.shape[1:]))
-            events = (x != 0).reshape(steps, B, *x.shape[1:]).sum(1, dtype=torch.float64)
-            rec.events[:steps] += events.flatten(1).sum(1).cpu()
-            rec.sops[:steps] += (events * rec._fanout.to(events.device)).flatten(1).sum(1).cpu()
-
-        return hook
-
-    def _neuron_wrapper(self, m: StatefulModule, rec: _NeuronCount):
-        cls_multi_step = type(m).multi_step
-
-        def multi_step(*xs_seq):
-            out = cls_multi_step(m, *xs_seq)
-            if rec.neurons is None:
-                rec.neurons = out[0, 0].numel()
-            rec.spikes[: out.shape[0]] += (out != 0).flatten(2).sum((1, 2), dtype=torch.float64).cpu()
-            return out
-
-        return multi_step
+                rec._fanout = fanout_map(rec.module, tuple(x.shape[2:]))
+            events = (x != 0).sum(1, dtype=torch.float64)  # [T, ...]: events per input position, summed over B
+            rec.events += events.flatten(1).sum(1).cpu()
+            rec.sops += (events * rec._fanout.to(events.device)).flatten(1).sum(1).cpu()
 
     # --- results --------------------------------------------------------------------------------------
     def firing_rates(self, Ts: list[int]) -> list[dict[str, Any]]:

@@ -101,22 +101,22 @@ def evaluate(model: nn.Module, data: Dataset | tuple[torch.Tensor, torch.Tensor]
     snn_correct = torch.zeros(T_max, dtype=torch.float64)
     agree = torch.zeros(T_max, dtype=torch.float64)
     done = 0
-    with ActivityMonitor(gm, T_max, energy=energy) as mon:
-        for xb, yb in batches(x, y, batch_size):
-            q_pred = model(xb).argmax(-1)
-            per_t = running_mean(run_steps(gm, xb, T_max))  # [T, B, K]
-            if session is not None:
-                ort_t = torch.from_numpy(session.run(["logits_per_step"], {"input": xb.numpy()})[0])
-                max_diff = max(max_diff, float((ort_t - per_t).abs().max()))
-                per_t = ort_t
-            s_pred = per_t.argmax(-1)
-            mon.add_samples(len(yb))
-            qann_correct += int((q_pred == yb).sum())
-            snn_correct += (s_pred == yb).sum(1, dtype=torch.float64)
-            agree += (s_pred == q_pred).sum(1, dtype=torch.float64)
-            done += len(yb)
-            if progress is not None:
-                progress(done)
+    mon = ActivityMonitor(gm, T_max, energy=energy)
+    for xb, yb in batches(x, y, batch_size):
+        q_pred = model(xb).argmax(-1)
+        per_t = running_mean(run_steps(gm, xb, T_max, observer=mon))  # [T, B, K]
+        if session is not None:
+            ort_t = torch.from_numpy(session.run(["logits_per_step"], {"input": xb.numpy()})[0])
+            max_diff = max(max_diff, float((ort_t - per_t).abs().max()))
+            per_t = ort_t
+        s_pred = per_t.argmax(-1)
+        mon.add_samples(len(yb))
+        qann_correct += int((q_pred == yb).sum())
+        snn_correct += (s_pred == yb).sum(1, dtype=torch.float64)
+        agree += (s_pred == q_pred).sum(1, dtype=torch.float64)
+        done += len(yb)
+        if progress is not None:
+            progress(done)
     qacc = qann_correct / n
     curve = (snn_correct / n).tolist()
     per_T = [{"T": t, "snn_accuracy": curve[t - 1], "agreement": float(agree[t - 1]) / n,

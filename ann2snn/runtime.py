@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 
 from ann2snn.errors import Ann2SnnError
 
-__all__ = ["make_session", "model_metadata", "StatefulRunner", "PROVIDERS"]
+__all__ = ["cuda_usable", "make_session", "model_metadata", "StatefulRunner", "PROVIDERS"]
 
 PROVIDERS = ("auto", "cuda", "cpu")
 _CUDA, _CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -28,6 +29,36 @@ def _ort():
     except ImportError as exc:  # pragma: no cover - onnxruntime is a dependency
         raise Ann2SnnError(f"onnxruntime is not installed ({exc}); pip install onnxruntime-gpu") from None
     return ort
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_usable() -> bool:
+    """Whether onnxruntime can really run on CUDA here (checked once per process, quietly).
+
+    onnxruntime-gpu lists the CUDA provider even where CUDA or cuDNN libraries are missing; creating a session
+    then logs an error and falls back to CPU. A one-node probe session tells the two cases apart.
+    """
+    ort = _ort()
+    if _CUDA not in ort.get_available_providers():
+        return False
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    probe.ir_version = min(probe.ir_version, 10)
+    ort.set_default_logger_severity(4)  # the failed CUDA load is expected here, not news for the user
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        sess = ort.InferenceSession(probe.SerializeToString(),
+                                    sess_options=opts, providers=[_CUDA, _CPU])
+        return _CUDA in sess.get_providers()
+    except Exception:
+        return False
+    finally:
+        ort.set_default_logger_severity(3)
 
 
 def make_session(model: str | os.PathLike | bytes, *, provider: str = "auto", threads: int | None = None):
@@ -44,10 +75,13 @@ def make_session(model: str | os.PathLike | bytes, *, provider: str = "auto", th
     if threads:
         opts.intra_op_num_threads = int(threads)
     available = ort.get_available_providers()
-    want_cuda = provider in ("auto", "cuda") and _CUDA in available
+    want_cuda = provider in ("auto", "cuda") and cuda_usable()
     if provider == "cuda" and not want_cuda:
-        raise Ann2SnnError("CUDA was asked for (--provider cuda) but this onnxruntime has no CUDA provider "
-                           f"(available: {', '.join(available)}); install onnxruntime-gpu or use --provider cpu")
+        if _CUDA not in available:
+            raise Ann2SnnError("CUDA was asked for (--provider cuda) but this onnxruntime has no CUDA provider "
+                               f"(available: {', '.join(available)}); install onnxruntime-gpu or use --provider cpu")
+        raise Ann2SnnError("CUDA was asked for (--provider cuda) but onnxruntime could not start it on this machine "
+                           "(no GPU or CUDA/cuDNN libraries missing); use --provider cpu or auto")
     where = "the given model" if isinstance(model, bytes) else repr(str(model))
     if not isinstance(model, bytes) and not Path(model).is_file():
         raise Ann2SnnError(f"ONNX file {where} does not exist; check the path")

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gzip
 import json
 import os
-import struct
 import sys
 import time
 from pathlib import Path
@@ -36,52 +34,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ann2snn  # noqa: E402
-from ann2snn.bench import median_time  # noqa: E402
+from ann2snn.bench import median_times  # noqa: E402
 from ann2snn.models.cnn import mnist_convnet  # noqa: E402
 
 T_LIST = (1, 2, 4, 8, 16, 32, 64)
 
 
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def load_data():
-    """``(name, x_train, y_train, x_test, y_test)`` as float tensors in [0, 1], ``[N, 1, 28, 28]``."""
-    root = Path(os.environ.get("ANN2SNN_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
-    files = {k: root / f"{k}.gz" for k in ("train-images.idx3-ubyte", "train-labels.idx1-ubyte",
-                                          "t10k-images.idx3-ubyte", "t10k-labels.idx1-ubyte")}
-    if all(p.exists() for p in files.values()):
-        arr = [_idx(p) for p in files.values()]
-        x = [torch.tensor(a, dtype=torch.float32).unsqueeze(1) / 255.0 for a in (arr[0], arr[2])]
-        y = [torch.tensor(a, dtype=torch.int64) for a in (arr[1], arr[3])]
-        return "mnist", x[0], y[0], x[1], y[1]
-    print(f"MNIST not found in {root} (set ANN2SNN_MNIST); using scikit-learn digits upsampled to 28x28")
-    d = ann2snn.data.load_digits()
+    """The dataset (ann2snn's own loaders): MNIST from ``$ANN2SNN_MNIST`` or ``../shared/data/mnist``, else digits
+    upsampled to 28×28 so that the same net applies."""
+    from ann2snn.data import Dataset, default_mnist_dir, load_digits, load_mnist
+
+    if default_mnist_dir().is_dir():
+        return load_mnist(normalize=False)
+    print(f"MNIST not found in {default_mnist_dir()} (set ANN2SNN_MNIST); using scikit-learn digits at 28x28")
+    d = load_digits()
     up = (lambda t: F.interpolate(t, size=(28, 28), mode="bilinear", align_corners=False))
-    return "digits", up(d.x_train), d.y_train, up(d.x_test), d.y_test
+    return Dataset("digits", up(d.x_train), d.y_train, up(d.x_test), d.y_test, 10)
 
 
-def train(model: nn.Module, x, y, *, epochs: int, seed: int = 0, batch: int = 128, lr: float = 2e-3) -> nn.Module:
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * ((len(y) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    model.train()
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y), batch):
-            j = perm[i:i + batch]
-            loss = F.cross_entropy(model(x[j]), y[j])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+def train(model: nn.Module, data, *, epochs: int, seed: int = 0) -> nn.Module:
+    from ann2snn.train import fit
+
+    fit(model, data, epochs=epochs, lr=2e-3, batch_size=128, seed=seed)
     return model.eval()
 
 
@@ -105,7 +80,8 @@ def relu_net(seed: int) -> nn.Module:
     return net
 
 
-def run_ann2snn(qann, x_test, y_test, *, T_max: int, batches, time_T: int, repeats: int):
+def ann2snn_runner(qann, x_test, y_test, *, T_max: int, time_T: int):
+    """Accuracy at every T (one unrolled run at T_max) and a timing function at ``time_T`` (onnxruntime)."""
     from ann2snn.exporters.onnx_unrolled import build_unrolled
     from ann2snn.runtime import make_session
 
@@ -113,19 +89,15 @@ def run_ann2snn(qann, x_test, y_test, *, T_max: int, batches, time_T: int, repea
     sess, provider = make_session(build_unrolled(snn, T=T_max).SerializeToString(), provider="cpu")
     acc = accuracy(lambda xb: sess.run(["logits_per_step"], {"input": xb.numpy()})[0], x_test, y_test)
     tsess, _ = make_session(build_unrolled(ann2snn.convert(qann, time_T)).SerializeToString(), provider="cpu")
-    times = {}
-    for b in batches:
-        xb = x_test[:b].numpy()
-        times[b] = median_time(lambda: tsess.run(["logits"], {"input": xb}), repeats=repeats) / b
-    return acc, times, provider
+    return acc, (lambda xb: tsess.run(["logits"], {"input": xb})), provider
 
 
-def run_spikingjelly(ann, x_train, x_test, y_test, *, mode, T_max: int, batches, time_T: int, repeats: int):
+def spikingjelly_runner(ann, x_train, x_test, y_test, *, mode, T_max: int, time_T: int):
+    """The same for SpikingJelly's converter, run multi-step in PyTorch as it ships."""
     from spikingjelly.activation_based import functional
     from spikingjelly.activation_based.ann2snn import Converter, RateCodingRecipe
 
-    loader = [(x_train[i:i + 200], None) for i in range(0, min(len(x_train), 6000), 200)]
-    loader = [xb for xb, _ in loader]
+    loader = [x_train[i:i + 200] for i in range(0, min(len(x_train), 6000), 200)]
     snn = Converter(RateCodingRecipe(loader, mode=mode)).convert(copy.deepcopy(ann)).eval()
     functional.set_step_mode(snn, "m")
 
@@ -136,8 +108,7 @@ def run_spikingjelly(ann, x_train, x_test, y_test, *, mode, T_max: int, batches,
         return (out.cumsum(0) / torch.arange(1, T + 1).reshape(-1, 1, 1)).numpy()
 
     acc = accuracy(lambda xb: run(xb, T_max), x_test, y_test)
-    times = {b: median_time(lambda: run(x_test[:b], time_T), repeats=repeats) / b for b in batches}
-    return acc, times
+    return acc, (lambda xb: run(torch.from_numpy(xb), time_T))
 
 
 def main(argv=None) -> dict:
@@ -155,36 +126,40 @@ def main(argv=None) -> dict:
     Ts = [int(t) for t in a.T.split(",")]
     batches = [int(b) for b in a.batch.split(",")]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    name, xtr, ytr, xte, yte = load_data()
+    data = load_data()
+    xtr, ytr, xte, yte = data.x_train, data.y_train, data.x_test, data.y_test
     if a.train_samples:
-        xtr, ytr = xtr[:a.train_samples], ytr[:a.train_samples]
+        data.x_train, data.y_train = xtr, ytr = xtr[:a.train_samples], ytr[:a.train_samples]
     if a.test_samples:
-        xte, yte = xte[:a.test_samples], yte[:a.test_samples]
-    result = {"data": name, "net": "conv16-conv32-linear (zoo: mnist-convnet)", "levels": a.levels,
+        data.x_test, data.y_test = xte, yte = xte[:a.test_samples], yte[:a.test_samples]
+    result = {"data": data.name, "net": "conv16-conv32-linear (zoo: mnist-convnet)", "levels": a.levels,
               "epochs": a.epochs, "train": len(ytr), "test": len(yte), "time_T": a.time_T, "T": Ts, "rows": []}
     t0 = time.time()
-    qann = train(mnist_convnet(levels=a.levels, init_threshold=2.0), xtr, ytr, epochs=a.epochs)
-    qann.arch_name, qann.arch_kwargs = "mnist-convnet", {"levels": a.levels}
+    qann = train(mnist_convnet(levels=a.levels, init_threshold=2.0), data, epochs=a.epochs)
     q_acc = float(accuracy(lambda xb: qann(xb).numpy(), xte, yte))
-    acc, times, provider = run_ann2snn(qann, xte, yte, T_max=max(Ts), batches=batches, time_T=a.time_T,
-                                       repeats=a.repeats)
-    result["rows"].append({"method": f"ann2snn QCFS L={a.levels} (onnxruntime {provider})", "ann_accuracy": q_acc,
-                           "accuracy": {T: float(acc[T - 1]) for T in Ts},
-                           "ms_per_sample": {b: times[b] * 1e3 for b in batches}})
+    acc, timed, provider = ann2snn_runner(qann, xte, yte, T_max=max(Ts), time_T=a.time_T)
+    contenders = {f"ann2snn QCFS L={a.levels} (onnxruntime {provider})": (q_acc, acc, timed)}
     try:
         import spikingjelly  # noqa: F401
     except ImportError:
         print("SpikingJelly is not installed: skipping the peer (pip install --no-deps spikingjelly==2.0.0; "
               "pip install scipy h5py loguru requests tqdm)")
     else:
-        ann = train(relu_net(0), xtr, ytr, epochs=a.epochs)
+        ann = train(relu_net(0), data, epochs=a.epochs)
         r_acc = float(accuracy(lambda xb: ann(xb).numpy(), xte, yte))
         for mode in ("max", "99.9%"):
-            acc, times = run_spikingjelly(ann, xtr, xte, yte, mode=mode, T_max=max(Ts), batches=batches,
-                                          time_T=a.time_T, repeats=a.repeats)
-            result["rows"].append({"method": f"SpikingJelly 2.0 rate coding mode={mode} (PyTorch, multi-step)",
-                                   "ann_accuracy": r_acc, "accuracy": {T: float(acc[T - 1]) for T in Ts},
-                                   "ms_per_sample": {b: times[b] * 1e3 for b in batches}})
+            acc, timed = spikingjelly_runner(ann, xtr, xte, yte, mode=mode, T_max=max(Ts), time_T=a.time_T)
+            contenders[f"SpikingJelly 2.0 rate coding mode={mode} (PyTorch, multi-step)"] = (r_acc, acc, timed)
+    # time all contenders in turns, per batch size, so they share the machine's load
+    ms = {name: {} for name in contenders}
+    for b in batches:
+        xb = np.ascontiguousarray(xte[:b].numpy())
+        t = median_times({name: (lambda f=f: f(xb)) for name, (_, _, f) in contenders.items()}, repeats=a.repeats)
+        for name in contenders:
+            ms[name][b] = t[name] / b * 1e3
+    for name, (ann_acc, acc, _) in contenders.items():
+        result["rows"].append({"method": name, "ann_accuracy": ann_acc, "accuracy": {T: float(acc[T - 1]) for T in Ts},
+                               "ms_per_sample": ms[name]})
     result["seconds"] = time.time() - t0
     _print(result, Ts, batches)
     if a.json:

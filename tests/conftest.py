@@ -27,3 +27,10 @@ def tiny_models():
         "resnet": lambda **kw: ann2snn.models.create("resnet20", width=4, **kw),
         "maxpool": lambda **kw: ann2snn.models.create("mnist-cnn", pool="max", **kw),
     }
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path_factory, monkeypatch):
+    """Run records written by commands under test go to a temporary directory, never into the checkout."""
+    monkeypatch.setenv("ANN2SNN_RUNS", str(tmp_path_factory.mktemp("runs")))
+

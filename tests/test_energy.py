@@ -50,10 +50,9 @@ def test_operation_counts_and_energy_by_hand():
     snn = ann2snn.convert(_hand_model(), T=4)
     x = torch.tensor([[1.0, 0.5], [1.0, 0.5]])  # two identical samples: per-sample numbers stay the same
     e = EnergyModel(e_mac_pj=4.6, e_ac_pj=0.9)
-    with ActivityMonitor(snn.graph_module, 4, energy=e) as mon:
-        run_steps(snn.graph_module, x, 4)
-        mon.add_samples(len(x))
-    assert all("multi_step" not in vars(m) for _, m in snn.stateful())  # instance wrappers removed on exit
+    mon = ActivityMonitor(snn.graph_module, 4, energy=e)
+    run_steps(snn.graph_module, x, 4, observer=mon)
+    mon.add_samples(len(x))
     rates = mon.firing_rates([1, 2, 4])
     assert len(rates) == 1 and rates[0]["neurons"] == 3
     assert rates[0]["rates"] == pytest.approx([2 / 3, 3 / 6, 6 / 12])
@@ -68,9 +67,8 @@ def test_operation_counts_and_energy_by_hand():
     assert s["ann_energy_pj"] == pytest.approx(18 * 4.6)
     assert t4["ratio"] == pytest.approx((24 * 4.6 + 24 * 0.9) / (18 * 4.6))
     once = ActivityMonitor(snn.graph_module, 4, energy=EnergyModel(analog_per_step=False))
-    with once:
-        run_steps(snn.graph_module, x, 4)
-        once.add_samples(2)
+    run_steps(snn.graph_module, x, 4, observer=once)
+    once.add_samples(2)
     assert once.summary([4])["per_T"][0]["snn_macs"] == 6
     with pytest.raises(Ann2SnnError, match="outside"):
         mon.summary([5])
@@ -82,9 +80,9 @@ def test_conv_sops_equal_spikes_times_fanout():
     qann = ann2snn.models.create("digits-cnn", levels=2, channels=3, init_threshold=1.0).eval()
     snn = ann2snn.convert(qann, T=3)
     x = torch.rand(5, 1, 8, 8)
-    with ActivityMonitor(snn.graph_module, 3) as mon:
-        run_steps(snn.graph_module, x, 3)
-        mon.add_samples(5)
+    mon = ActivityMonitor(snn.graph_module, 3)
+    run_steps(snn.graph_module, x, 3, observer=mon)
+    mon.add_samples(5)
     # independent count: forward hooks fire in single-step mode
     gm = snn.graph_module
     spikes = {}

@@ -29,9 +29,11 @@ def _fmt(row, key, spec):
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON result to this file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Write a run record ($ANN2SNN_RUNS, default ./runs).")
 @model_options
-def bench_cmd(model, Ts, batches, provider, repeats, warmup, threads, no_torch, as_json, output, force, trust_pickle,
-              arch, arch_module):
+def bench_cmd(model, Ts, batches, provider, repeats, warmup, threads, no_torch, as_json, output, force, record,
+              trust_pickle, arch, arch_module):
     """Latency and throughput of a QANN checkpoint's ANN and SNN (or of an exported SNN ONNX file).
 
     For a checkpoint: the ANN (the QANN as a plain ReLU ONNX net), the unrolled SNN, the stateful SNN driven T
@@ -73,15 +75,23 @@ def bench_cmd(model, Ts, batches, provider, repeats, warmup, threads, no_torch, 
     if as_json:
         print_json(result)
         return
-    rows = []
-    for r in result["rows"]:
-        rows.append([r["T"], r["batch"], _fmt(r, "ann_ms", ".3f"), _fmt(r, "unrolled_ms", ".3f"),
-                     _fmt(r, "unrolled_ratio", ".2f"), _fmt(r, "stateful_ms", ".3f"), _fmt(r, "stateful_ratio", ".2f"),
-                     _fmt(r, "torch_ms", ".3f"), _fmt(r, "torch_ratio", ".2f"),
-                     _fmt(r, "unrolled_samples_per_s", ",.0f")])
-    console.print(table(f"Latency per batch, ms (median of {repeats}; onnxruntime {result['provider']})",
-                        ["T", "batch", "ANN", "unrolled", "÷T·ANN", "stateful", "÷T·ANN", "torch sim", "÷T·ANN",
-                         "unrolled samples/s"], rows, justify_right_from=0))
+    def cell(r, name):
+        ms, ratio = r.get(f"{name}_ms"), r.get(f"{name}_ratio")
+        return "-" if ms is None else f"{ms:.3f}" + ("" if ratio is None else f" ({ratio:.2f})")
+
+    rows = [[r["T"], r["batch"], _fmt(r, "ann_ms", ".3f"), cell(r, "unrolled"), cell(r, "stateful"), cell(r, "torch"),
+             _fmt(r, "unrolled_samples_per_s", ",.0f")] for r in result["rows"]]
+    console.print(table(f"Latency per batch in ms, (ratio SNN ÷ T·ANN); median of {repeats}, onnxruntime "
+                        f"{result['provider']}",
+                        ["T", "batch", "ANN", "unrolled", "stateful", "torch sim", "unrolled/s"], rows,
+                        justify_right_from=0))
     console.print(f"[dim]{result['note']}. ratio = SNN time / (T × ANN time), same run, same provider.[/]")
     if output is not None:
         console.print(f"wrote [bold]{output}[/]", highlight=False)
+    if record:
+        from ann2snn.runs import write_record
+
+        path = write_record("bench", config={"model": str(model), "T": T_list, "batch": B_list, "provider": provider,
+                                             "repeats": repeats, "threads": threads},
+                            metrics=result, inputs=[model], outputs=[output] if output else [])
+        console.print(f"[dim]run record {path}[/]", highlight=False)

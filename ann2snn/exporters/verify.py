@@ -18,7 +18,7 @@ import torch
 
 from ann2snn.errors import VerificationError
 from ann2snn.neurons import StatefulModule
-from ann2snn.simulator import _MultiStep, running_mean
+from ann2snn.simulator import run_steps, running_mean
 
 __all__ = ["verify_unrolled", "verify_stateful", "reference", "example_batch", "RTOL", "ATOL"]
 
@@ -36,24 +36,17 @@ def example_batch(snn, *, batch: int = 16, seed: int = 0, T: int | None = None, 
     return x
 
 
-class _Recording(_MultiStep):
-    def __init__(self, gm, T, *, static_input):
-        super().__init__(gm, T, static_input=static_input)
-        self.totals: dict[str, torch.Tensor] = {}
-
-    def run_node(self, n):
-        out = super().run_node(n)
-        if n.op == "call_module" and isinstance(self.fetch_attr(n.target), StatefulModule):
-            self.totals[n.target] = out.unflatten(0, (self.T, -1)).sum(0)
-        return out
-
-
 @torch.no_grad()
 def reference(snn, x: torch.Tensor, T: int, *, encoding: str = "direct") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The simulator's per-step logits ``[T, B, K]`` and each stateful operator's output summed over T."""
-    rec = _Recording(snn.graph_module, T, static_input=encoding == "direct")
-    out = rec.run(x if encoding == "direct" else x.flatten(0, 1)).unflatten(0, (T, -1))
-    return running_mean(out).numpy(), {k: v.numpy() for k, v in rec.totals.items()}
+    totals: dict[str, np.ndarray] = {}
+
+    def observe(node, inputs, output):
+        if node.op == "call_module" and isinstance(snn.graph_module.get_submodule(node.target), StatefulModule):
+            totals[node.target] = output.sum(0).numpy()
+
+    out = run_steps(snn.graph_module, x, T, encoding=encoding, observer=observe)
+    return running_mean(out).numpy(), totals
 
 
 def _compare(ort_logits: np.ndarray, ref: np.ndarray, what: str) -> dict[str, Any]:

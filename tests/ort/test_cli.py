@@ -93,7 +93,7 @@ def test_bench_checkpoint_json_and_output(ckpt, tmp_path, capsys):
 def test_bench_table_renders(ckpt, capsys):
     text = _ok(["bench", str(ckpt), "--T", "2", "--batch", "1", "--repeats", "1", "--warmup", "0", "--no-torch",
                 "--provider", "cpu"], capsys)
-    assert "÷T·ANN" in text and "ReLU" in text
+    assert "SNN ÷ T·ANN" in text and "ReLU" in text
 
 
 def test_bench_exported_onnx(ckpt, tmp_path, capsys):
