@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/ann2snn demo
 
 test: $(STAMP)
+	$(BIN)/ruff check ann2snn tests bench
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -9,12 +9,12 @@
 
 from ann2snn import models
 from ann2snn.checkpoint import load, save
-from ann2snn.exporters import export
 from ann2snn.errors import Ann2SnnError, CheckpointError, ConversionError, UnsupportedNodeError, VerificationError
+from ann2snn.exporters import export
 from ann2snn.layers import QCFS, Affine, to_channelwise
 from ann2snn.network import SpikingNetwork, convert, simulate
-from ann2snn.prepare import prepare
 from ann2snn.neurons import IFNeuron, SpikingMaxPool2d, StatefulModule
+from ann2snn.prepare import prepare
 
 __version__ = "0.1.0"
 

@@ -130,7 +130,9 @@ class QCFS(nn.Module):
         return torch.clamp(x, 0.0, 1.0) * theta
 
     def extra_repr(self) -> str:
-        g = self.granularity if self.granularity == "layer" else f"{self.granularity}={self.num_channels}, dim={self.dim}"
+        g = self.granularity
+        if g != "layer":
+            g = f"{g}={self.num_channels}, dim={self.dim}"
         return f"levels={self.levels}, shift={self.shift}, {g}, positive={self.positive}"
 
 

@@ -149,7 +149,9 @@ class StatefulRunner:
         seq = self.encoding == "sequence"
         batch = x.shape[1] if seq else x.shape[0]
         dev = self._device
-        to_dev = (lambda a: ort.OrtValue.ortvalue_from_numpy(a, dev, 0))
+        def to_dev(a):
+            return ort.OrtValue.ortvalue_from_numpy(a, dev, 0)
+
         states = {k: to_dev(v) for k, v in self.initial_state(batch).items()}
         xs = [to_dev(x[t]) for t in range(T)] if seq else [to_dev(x)] * T
         outs = []

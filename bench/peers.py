@@ -49,7 +49,9 @@ def load_data():
         return load_mnist(normalize=False)
     print(f"MNIST not found in {default_mnist_dir()} (set ANN2SNN_MNIST); using scikit-learn digits at 28x28")
     d = load_digits()
-    up = (lambda t: F.interpolate(t, size=(28, 28), mode="bilinear", align_corners=False))
+    def up(t):
+        return F.interpolate(t, size=(28, 28), mode="bilinear", align_corners=False)
+
     return Dataset("digits", up(d.x_train), d.y_train, up(d.x_test), d.y_test, 10)
 
 

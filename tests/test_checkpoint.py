@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomize
 
 import ann2snn
 from ann2snn.errors import CheckpointError
-from helpers import randomize
 
 
 def test_qann_round_trip(tmp_path):

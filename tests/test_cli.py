@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomize
 
 import ann2snn
 from ann2snn.cli.main import main
-from helpers import randomize
 
 ARCHS = str(Path(__file__).parent / "fixtures" / "archs.py")
 

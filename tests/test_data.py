@@ -11,8 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from ann2snn.data import (DataError, augment, batches, default_mnist_dir, load_cifar, load_dataset, load_digits,
-                          load_mnist, read_idx)
+from ann2snn.data import (
+    DataError,
+    augment,
+    batches,
+    default_mnist_dir,
+    load_cifar,
+    load_dataset,
+    load_digits,
+    load_mnist,
+    read_idx,
+)
 
 
 def _idx_bytes(arr: np.ndarray) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from ann2snn.data import load_digits
 from ann2snn.errors import Ann2SnnError
 from ann2snn.evaluate import evaluate, parse_ts
 
-MNIST = Path(os.environ.get("ANN2SNN_MNIST", "/work/shared/data/mnist"))
+MNIST = ann2snn.data.default_mnist_dir()  # $ANN2SNN_MNIST or ../shared/data/mnist
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +103,7 @@ def test_cli_eval_bad_input(model_file, tmp_path, capsys, args, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(not (MNIST / "t10k-images.idx3-ubyte.gz").exists(), reason="MNIST IDX files not present")
+@pytest.mark.skipif(not MNIST.is_dir(), reason="MNIST IDX files not present (set ANN2SNN_MNIST)")
 def test_eval_on_mnist_subset():
     data = ann2snn.data.load_dataset(f"mnist:{MNIST}")
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ import operator
 
 import pytest
 import torch
+from helpers import level_mismatch_fraction, quantized_levels, randomize
 from torch import nn
 from torch.nn import functional as F
 
@@ -14,10 +15,14 @@ import ann2snn
 from ann2snn.errors import ConversionError, UnsupportedNodeError
 from ann2snn.layers import QCFS, Affine
 from ann2snn.neurons import IFNeuron, SpikingMaxPool2d
-from ann2snn.passes import (DEFAULT_PASSES, fold_batchnorm, fold_thresholds, normalize, replace_qcfs_with_if,
-                            run_pipeline, trace)
-from helpers import randomize
-from helpers import level_mismatch_fraction, quantized_levels
+from ann2snn.passes import (
+    DEFAULT_PASSES,
+    fold_batchnorm,
+    normalize,
+    replace_qcfs_with_if,
+    run_pipeline,
+    trace,
+)
 
 FOLD_PASSES = DEFAULT_PASSES[:3]  # normalize, fold_batchnorm, fold_thresholds: still a QANN, in threshold units
 

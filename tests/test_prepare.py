@@ -9,7 +9,7 @@ from torch import fx, nn
 
 import ann2snn
 from ann2snn.errors import Ann2SnnError
-from ann2snn.layers import QCFS, qcfs_modules
+from ann2snn.layers import qcfs_modules
 from ann2snn.prepare import Calibrator, prepare
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomize
 
 import ann2snn
 from ann2snn.errors import Ann2SnnError
 from ann2snn.simulator import run_steps, running_mean
-from helpers import randomize
 
 
 @pytest.mark.parametrize("name", ["mlp", "vgg", "resnet", "maxpool"])

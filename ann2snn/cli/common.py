@@ -21,7 +21,8 @@ def model_options(fn):
     fn = click.option("--arch", default=None, metavar="NAME",
                       help="Architecture of a bare state_dict file (see `ann2snn models`).")(fn)
     fn = click.option("--trust-pickle", is_flag=True, default=False,
-                      help="Allow a pickled nn.Module file. Unpickling runs code from the file: trusted files only.")(fn)
+                      help="Allow a pickled nn.Module file. Unpickling runs code from the file: "
+                                            "trusted files only.")(fn)
     return fn
 
 

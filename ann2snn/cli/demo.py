@@ -59,7 +59,8 @@ def demo_cmd(levels, epochs, seed, as_json):
     rows = [["QANN", "-", f"{qacc:.2%}", "-", "-"]]
     for r in result["per_T"]:
         mark = "  ← T = L" if r["T"] == levels else ""
-        rows.append([f"SNN{mark}", r["T"], f"{r['snn_accuracy']:.2%}", f"{round((r['snn_accuracy'] - qacc) * 100, 2) + 0.0:+.2f} pp",
+        delta = round((r["snn_accuracy"] - qacc) * 100, 2) + 0.0  # + 0.0 turns -0.0 into 0.0
+        rows.append([f"SNN{mark}", r["T"], f"{r['snn_accuracy']:.2%}", f"{delta:+.2f} pp",
                      f"{r['agreement_with_qann']:.2%}"])
     console.print(table(f"digits-cnn, L = {levels}, {result['test_samples']} test images",
                         ["model", "T", "accuracy", "vs QANN", "same prediction as QANN"], rows))

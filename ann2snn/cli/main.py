@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         if verbose:
             raise
         hint = f" (see `ann2snn {exc.ctx.info_name} --help`)" if exc.ctx is not None and exc.ctx.parent else ""
-        err_console.print(f"error: {exc.format_message()}{hint}", style="red", highlight=False, soft_wrap=True, markup=False)
+        err_console.print(f"error: {exc.format_message()}{hint}", style="red", highlight=False, soft_wrap=True,
+                          markup=False)
         sys.exit(2)
     except Ann2SnnError as exc:
         if verbose:

@@ -261,6 +261,15 @@ STATELESS: dict[str, Callable] = {
 }
 
 
+def stateless_emitter(node: fx.Node, kind: str) -> Callable:
+    """The :data:`STATELESS` emitter for ``node`` of ``kind``, or an error naming the node."""
+    emit = STATELESS.get(kind)
+    if emit is None:
+        raise UnsupportedNodeError(node, f"node kind {kind!r} has no ONNX form; add an emitter to "
+                                   "ann2snn.exporters.common.STATELESS")
+    return emit
+
+
 def stateless_inputs(node: fx.Node) -> list[fx.Node | None]:
     """The argument positions an emitter gets variables for (``cat`` takes the list)."""
     if classify_node(node) == "cat":

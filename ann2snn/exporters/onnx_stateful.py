@@ -16,9 +16,17 @@ import numpy as np
 import torch
 from torch import fx
 
-from ann2snn.exporters.common import (STATELESS, Emitter, check_graph_module, classify_node, initial_states, metadata,
-                                      node_shapes, stateful_builder, stateless_inputs)
-from ann2snn.errors import UnsupportedNodeError
+from ann2snn.exporters.common import (
+    Emitter,
+    check_graph_module,
+    classify_node,
+    initial_states,
+    metadata,
+    node_shapes,
+    stateful_builder,
+    stateless_emitter,
+    stateless_inputs,
+)
 from ann2snn.neurons import StatefulModule
 
 __all__ = ["build_stateful", "state_specs"]
@@ -80,10 +88,7 @@ def build_stateful(snn, *, T: int | None = None, encoding: str = "direct"):
                 state_out.append(out)
             env[node] = y
             continue
-        emit = STATELESS.get(kind)
-        if emit is None:
-            raise UnsupportedNodeError(node, f"node kind {kind!r} has no ONNX form; see "
-                                       "ann2snn.exporters.common.STATELESS")
+        emit = stateless_emitter(node, kind)
         m = modules.get(node.target) if node.op == "call_module" else None
         env[node] = emit(em, node, m, [env[a] if a is not None else None for a in stateless_inputs(node)], 1, shapes)
     logits = em.op("Identity", [env[node.args[0]]], name="logits_t")

@@ -27,13 +27,21 @@ How the graph is laid out, and why (each choice measured on onnxruntime CPU):
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import fx
 
-import torch
-
-from ann2snn.exporters.common import (OFFSETTABLE, STATELESS, Emitter, check_graph_module, classify_node, metadata,
-                                      node_shapes, stateful_builder, stateless_inputs)
 from ann2snn.errors import Ann2SnnError, UnsupportedNodeError
+from ann2snn.exporters.common import (
+    OFFSETTABLE,
+    Emitter,
+    check_graph_module,
+    classify_node,
+    metadata,
+    node_shapes,
+    stateful_builder,
+    stateless_emitter,
+    stateless_inputs,
+)
 from ann2snn.neurons import StatefulModule
 
 __all__ = ["build_unrolled", "PROBE_PREFIX"]
@@ -172,10 +180,7 @@ def build_unrolled(snn, *, T: int | None = None, encoding: str = "direct", probe
                 probe.shape = ["batch", *shapes[node]]
                 probe_outs.append(probe)
             continue
-        emit = STATELESS.get(kind)
-        if emit is None:
-            raise UnsupportedNodeError(node, f"node kind {kind!r} has no ONNX form; see "
-                                       "ann2snn.exporters.common.STATELESS")
+        emit = stateless_emitter(node, kind)
         m = modules.get(node.target) if node.op == "call_module" else None
         args = stateless_inputs(node)
         if all(not isinstance(env.get(a), list) for a in args if a is not None):

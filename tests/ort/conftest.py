@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import ann2snn
 from helpers import make_qann
+
+import ann2snn
+
 
 @pytest.fixture(scope="session")
 def snns():

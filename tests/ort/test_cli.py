@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import make_qann
 
 import ann2snn
 from ann2snn.cli.main import main
-
-from helpers import make_qann
 
 
 @pytest.fixture(scope="module")
