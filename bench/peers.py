@@ -12,7 +12,7 @@ Data: MNIST from ``$ANN2SNN_MNIST`` or ``../shared/data/mnist`` (gzip IDX files)
     pip install --no-deps spikingjelly==2.0.0
     pip install scipy h5py loguru requests tqdm
 
-Usage: ``python bench/peers.py [--epochs 1] [--levels 4] [--json out.json]``; prints a table and JSON.
+Usage: ``python bench/peers.py [--epochs 2] [--levels 4] [--json out.json]``; prints a table and JSON.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def load_data():
     from ann2snn.data import Dataset, default_mnist_dir, load_digits, load_mnist
 
     if default_mnist_dir().is_dir():
-        return load_mnist(normalize=False)
+        return load_mnist()  # normalized, as `ann2snn train` does
     print(f"MNIST not found in {default_mnist_dir()} (set ANN2SNN_MNIST); using scikit-learn digits at 28x28")
     d = load_digits()
     def up(t):
@@ -115,7 +115,7 @@ def spikingjelly_runner(ann, x_train, x_test, y_test, *, mode, T_max: int, time_
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--levels", type=int, default=4, help="QCFS levels L of the QANN")
     p.add_argument("--T", default=",".join(map(str, T_LIST)))
     p.add_argument("--time-T", type=int, default=4, help="T at which time per sample is measured")
@@ -140,7 +140,9 @@ def main(argv=None) -> dict:
     qann = train(mnist_convnet(levels=a.levels, init_threshold=2.0), data, epochs=a.epochs)
     q_acc = float(accuracy(lambda xb: qann(xb).numpy(), xte, yte))
     acc, timed, provider = ann2snn_runner(qann, xte, yte, T_max=max(Ts), time_T=a.time_T)
-    contenders = {f"ann2snn QCFS L={a.levels} (onnxruntime {provider})": (q_acc, acc, timed)}
+    contenders = {f"ann2snn L={a.levels}": (q_acc, acc, timed)}
+    result["methods"] = {f"ann2snn L={a.levels}": f"QCFS QANN, L={a.levels}, converted; unrolled ONNX on onnxruntime "
+                                                 f"{provider}"}
     try:
         import spikingjelly  # noqa: F401
     except ImportError:
@@ -151,7 +153,9 @@ def main(argv=None) -> dict:
         r_acc = float(accuracy(lambda xb: ann(xb).numpy(), xte, yte))
         for mode in ("max", "99.9%"):
             acc, timed = spikingjelly_runner(ann, xtr, xte, yte, mode=mode, T_max=max(Ts), time_T=a.time_T)
-            contenders[f"SpikingJelly 2.0 rate coding mode={mode} (PyTorch, multi-step)"] = (r_acc, acc, timed)
+            contenders[f"SJ {mode}"] = (r_acc, acc, timed)
+            result["methods"][f"SJ {mode}"] = (f"SpikingJelly 2.0 Converter(RateCodingRecipe(mode={mode!r})) of the ReLU "
+                                               "ANN, PyTorch, multi-step")
     # time all contenders in turns, per batch size, so they share the machine's load
     ms = {name: {} for name in contenders}
     for b in batches:
@@ -178,17 +182,19 @@ def _print(result, Ts, batches) -> None:
         return
     t = Table(title=f"{result['data']} test accuracy (%) by T, and time per sample at T={result['time_T']}",
               title_justify="left")
-    t.add_column("method")
-    t.add_column("ANN")
+    t.add_column("method", no_wrap=True)
+    t.add_column("ANN", justify="right")
     for T in Ts:
         t.add_column(f"T={T}", justify="right")
     for b in batches:
-        t.add_column(f"ms/sample b={b}", justify="right")
+        t.add_column(f"ms b={b}", justify="right")
     for r in result["rows"]:
         t.add_row(r["method"], f"{100 * r['ann_accuracy']:.2f}", *[f"{100 * r['accuracy'][T]:.2f}" for T in Ts],
                   *[f"{r['ms_per_sample'][b]:.4f}" for b in batches])
     Console().print(t)
-    print(json.dumps(result))
+    for name, what in result.get("methods", {}).items():
+        print(f"  {name}: {what}")
+    print("  ANN: the QANN (ann2snn) or the ReLU ANN (SpikingJelly), same architecture, data, seed and epochs")
 
 
 if __name__ == "__main__":

@@ -33,3 +33,9 @@ def _runs_in_tmp(tmp_path_factory, monkeypatch):
     """Run records written by commands under test go to a temporary directory, never into the checkout."""
     monkeypatch.setenv("ANN2SNN_RUNS", str(tmp_path_factory.mktemp("runs")))
 
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global RNG state, so models built inside tests are the same every run."""
+    torch.manual_seed(0)
+

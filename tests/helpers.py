@@ -65,6 +65,7 @@ MODELS = {
 def make_qann(key: str, *, levels: int = 4, seed: int = 0, input_shape=None, **kw) -> nn.Module:
     """A zoo QANN (see :data:`MODELS`) with seeded random BN statistics and thresholds, in eval mode."""
     arch, base = MODELS[key]
+    torch.manual_seed(seed)  # the weights too, not only BN and thresholds: fixtures must not change between runs
     model = randomize(ann2snn.models.create(arch, levels=levels, **{**base, **kw}), seed=seed, theta=(0.3, 1.5))
     if input_shape is not None:
         model.input_shape = input_shape

@@ -13,7 +13,7 @@ How the graph is laid out, and why (each choice measured on onnxruntime CPU):
   reset, no per-step difference.
 - The read-out after the last stateful operator (pooling, flatten, linear: any affine tail) is composed at export
   into one matrix ``J`` and runs on accumulated spikes: ``J c_t / t + f(0)`` is the running mean of the logits,
-  one MatMul per step and no pooling, reordering or cumulative sum (the tail's pools and their NCHWc reorders
+  one MatMul for all steps and no pooling, reordering or cumulative sum (the tail's pools and their NCHWc reorders
   were ~25 % of the graph's time).
 - A neuron's comparison constant ``1 − φ`` is folded into the bias of the conv / linear that feeds it, so a
   hidden IF step is GreaterOrEqual, Cast, Add.
@@ -197,12 +197,16 @@ def build_unrolled(snn, *, T: int | None = None, encoding: str = "direct", probe
     if folded:
         src, _, J, f0 = folded
         jt = em.const(J.t().contiguous(), hint="readout")
-        ys = [em.op("MatMul", [em.op("Flatten", [at_step(src, t)], {"axis": 1}), jt]) for t in range(1, T + 1)]
-        stacked = em.op("Concat", [em.op("Unsqueeze", [y, axes]) for y in ys], {"axis": 0})
+        # one MatMul over all steps reads J once (per-step MatMuls were 12% slower at batch 1, 3% faster at 256)
+        flat = em.op("Concat", [em.op("Flatten", [at_step(src, t)], {"axis": 1}) for t in range(1, T + 1)],
+                     {"axis": 0})
+        stacked = em.op("Reshape", [em.op("MatMul", [flat, jt]), em.const(np.array([T, -1, *K], dtype=np.int64))])
+        last_index = em.gs.Constant(em.fresh("last"), np.array(T - 1, dtype=np.int64))  # 0-d: Gather drops the axis
+        last = em.op("Gather", [stacked, last_index], {"axis": 0})
         inv_t = em.const(1.0 / np.arange(1, T + 1, dtype=np.float32).reshape(T, 1, 1), hint="inv_t")
         bias = em.const(f0.reshape(K), hint="readout_bias")
         per_step = em.op("Add", [em.op("Mul", [stacked, inv_t]), bias], name="logits_per_step")
-        logits = em.op("Add", [em.op("Mul", [ys[-1], em.scalar(1.0 / T)]), bias], name="logits")
+        logits = em.op("Add", [em.op("Mul", [last, em.scalar(1.0 / T)]), bias], name="logits")
         if K != [int(np.prod(K))]:
             raise Ann2SnnError(f"the network output must be [B, K] to export, got [B, {', '.join(map(str, K))}]")
         logits.shape, logits.dtype = ["batch", *K], np.float32
