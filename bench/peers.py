@@ -154,8 +154,8 @@ def main(argv=None) -> dict:
         for mode in ("max", "99.9%"):
             acc, timed = spikingjelly_runner(ann, xtr, xte, yte, mode=mode, T_max=max(Ts), time_T=a.time_T)
             contenders[f"SJ {mode}"] = (r_acc, acc, timed)
-            result["methods"][f"SJ {mode}"] = (f"SpikingJelly 2.0 Converter(RateCodingRecipe(mode={mode!r})) of the ReLU "
-                                               "ANN, PyTorch, multi-step")
+            result["methods"][f"SJ {mode}"] = (f"SpikingJelly 2.0 Converter(RateCodingRecipe(mode={mode!r})) of the "
+                                               "ReLU ANN, PyTorch, multi-step")
     # time all contenders in turns, per batch size, so they share the machine's load
     ms = {name: {} for name in contenders}
     for b in batches:
