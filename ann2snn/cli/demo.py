@@ -50,7 +50,7 @@ def demo_cmd(levels, epochs, seed, as_json):
     if as_json:
         print_json(run_demo(levels=levels, epochs=epochs, seed=seed))
         return
-    with Progress(console=console, transient=True) as bar:
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("training digits QANN", total=epochs)
         result = run_demo(levels=levels, epochs=epochs, seed=seed,
                           progress=lambda e, loss, acc: bar.update(task, advance=1,

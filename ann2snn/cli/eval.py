@@ -157,7 +157,7 @@ def eval_cmd(model, data_spec, Ts, backend, provider, batch_size, limit, e_mac, 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=console, transient=True) as bar:
+                      console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task(f"QANN + SNN (T={max(T_list)})", total=n)
             result = evaluate(qann, data, T_list, batch_size=batch_size, limit=limit, energy=energy,
                               backend=backend, provider=provider,
