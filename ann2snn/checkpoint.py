@@ -39,7 +39,8 @@ def atomic_write(path: str | os.PathLike, write, *, force: bool = False) -> Path
     if path.exists() and not force:
         raise CheckpointError(f"{path} already exists; pass --force (force=True) to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the temporary name keeps the real suffix, so writers that infer the format from it (savefig) work
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

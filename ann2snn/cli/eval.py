@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -165,9 +164,9 @@ def eval_cmd(model, data_spec, Ts, backend, provider, batch_size, limit, e_mac, 
     result["model"] = str(model)
     result["thresholds"] = inspect_thresholds(qann)
     if plot is not None:
-        tmp = plot.with_name(f".{plot.name}.tmp.png")
-        plot_eval(result, tmp)
-        os.replace(tmp, plot)
+        from ann2snn.checkpoint import atomic_write
+
+        atomic_write(plot, lambda tmp: plot_eval(result, tmp), force=force)
     if not no_record:
         from ann2snn.runs import write_record
 

@@ -59,7 +59,9 @@ def thresholds_cmd(model, as_json, plot, force, trust_pickle, arch, arch_module)
     _check_output(plot, force)
     rows = inspect_thresholds(_load_qann(model, trust_pickle, arch, arch_module))
     if plot is not None:
-        plot_threshold_histogram(rows, plot)
+        from ann2snn.checkpoint import atomic_write
+
+        atomic_write(plot, lambda tmp: plot_threshold_histogram(rows, tmp), force=force)
     if as_json:
         print_json({"model": str(model), "layers": rows, "plot": str(plot) if plot else None})
         return
