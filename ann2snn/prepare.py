@@ -26,6 +26,8 @@ from torch import fx, nn
 
 from ann2snn.errors import Ann2SnnError, UnsupportedNodeError
 from ann2snn.layers import QCFS, inverse_softplus, qcfs_modules
+from ann2snn.passes.graph import unique_name
+from ann2snn.passes.trace import symbolic_trace
 
 __all__ = ["prepare", "Calibrator", "RELU_MODULES", "RELU_FUNCTIONS", "RELU_METHODS", "MAXPOOL_SWAPS"]
 
@@ -43,13 +45,6 @@ MAXPOOL_SWAPS = {nn.MaxPool2d: nn.AvgPool2d, nn.AdaptiveMaxPool2d: nn.AdaptiveAv
                  F.max_pool2d: F.avg_pool2d, F.adaptive_max_pool2d: F.adaptive_avg_pool2d}
 _DEFAULT_THRESHOLD = {"relu": 8.0, "relu6": 6.0}
 _MIN_THRESHOLD = 1e-3
-
-
-class _Tracer(fx.Tracer):
-    """Leaves: torch.nn modules and the ann2snn layers (no global patching)."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, QCFS) or super().is_leaf_module(m, qualname)
 
 
 class _Observed(nn.Module):
@@ -151,14 +146,6 @@ def _activation_kind(gm: fx.GraphModule, node: fx.Node) -> tuple[str | None, str
     return None, ""
 
 
-def _fresh_name(gm: fx.GraphModule, base: str) -> str:
-    base = base.replace(".", "_")
-    name, i = base, 1
-    while hasattr(gm, name):
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
 def _observe_activations(gm: fx.GraphModule) -> list[_Site]:
     """Replace every ReLU-like node by a call to an :class:`_Observed` submodule; returns the sites."""
     sites, used = [], set()
@@ -169,7 +156,7 @@ def _observe_activations(gm: fx.GraphModule) -> list[_Site]:
         if node.op == "call_module" and node.target not in used:
             target = node.target  # keep the module's name, so a zoo model's state_dict keys line up
         else:
-            target = _fresh_name(gm, f"{node.name}_qcfs")
+            target = unique_name(gm, f"{node.name}_qcfs")
         used.add(target)
         gm.add_submodule(target, _Observed(kind, target))
         with gm.graph.inserting_after(node):
@@ -295,12 +282,7 @@ def prepare(model: nn.Module | str | os.PathLike, calibration: Any = None, *, le
 
     source = model
     model = copy.deepcopy(model).eval()
-    try:
-        gm = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise Ann2SnnError(f"model cannot be traced by torch.fx ({type(exc).__name__}: {first}); remove data-"
-                           "dependent Python control flow from forward()") from exc
+    gm = symbolic_trace(model)
     sites = _observe_activations(gm)
     if not sites:
         kind = "already a QANN (it has QCFS layers)" if qcfs_modules(model) else "it has no ReLU"

@@ -25,25 +25,27 @@ class Ann2SnnTracer(fx.Tracer):
         return isinstance(m, self.leaf_modules) or super().is_leaf_module(m, qualname)
 
 
+def symbolic_trace(model: nn.Module, *, leaf_modules=LEAF_MODULES) -> fx.GraphModule:
+    """torch.fx's symbolic trace with ann2snn layers as leaves; an untraceable model is a one-line error."""
+    tracer = Ann2SnnTracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError, ... for Python control flow
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(
+            f"model cannot be traced by torch.fx ({type(exc).__name__}: {first}); remove data-dependent "
+            "Python control flow (if/for on tensor values) from forward(), or wrap that code in a leaf module"
+        ) from exc
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
 def trace(model: nn.Module, *, example_input: torch.Tensor, leaf_modules=LEAF_MODULES) -> fx.GraphModule:
     """Symbolically trace ``model`` and record every node's output shape with ``example_input``.
 
     Example:
         >>> gm = trace(net, example_input=torch.zeros(1, 1, 8, 8))
     """
-    if isinstance(model, fx.GraphModule):
-        gm = model
-    else:
-        tracer = Ann2SnnTracer(leaf_modules)
-        try:
-            graph = tracer.trace(model)
-        except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError, ... for Python control flow
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConversionError(
-                f"model cannot be traced by torch.fx ({type(exc).__name__}: {first}); remove data-dependent "
-                "Python control flow (if/for on tensor values) from forward(), or wrap that code in a leaf module"
-            ) from exc
-        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = model if isinstance(model, fx.GraphModule) else symbolic_trace(model, leaf_modules=leaf_modules)
     gm.eval()
     try:
         with torch.no_grad():
