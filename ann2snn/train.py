@@ -17,7 +17,7 @@ from torch import nn
 from ann2snn.data import Dataset, batches
 from ann2snn.errors import Ann2SnnError
 
-__all__ = ["fit", "accuracy", "train", "TrainConfig", "TrainResult"]
+__all__ = ["fit", "accuracy", "train", "train_epoch", "make_optimizer", "TrainConfig", "TrainResult"]
 
 
 @torch.no_grad()
@@ -30,6 +30,41 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     return correct / len(y)
 
 
+def make_optimizer(params, optimizer: str, *, lr: float, weight_decay: float, steps: int):
+    """Adam, or SGD with momentum 0.9, and a cosine schedule over ``steps`` batches."""
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+
+
+def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, batch_size: int, opt, sched, *,
+                transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                on_batch: Callable[[int, float], None] | None = None) -> tuple[float, int, int]:
+    """One epoch of cross-entropy training over ``x[idx]`` in order; returns (loss sum, correct, samples)."""
+    net.train()
+    loss_fn = nn.CrossEntropyLoss()
+    loss_sum, correct, n = 0.0, 0, 0
+    for step, i in enumerate(range(0, len(idx), batch_size)):
+        j = idx[i:i + batch_size]
+        xb, yb = x[j], y[j]
+        if transform is not None:
+            xb = transform(xb)
+        opt.zero_grad(set_to_none=True)
+        out = net(xb)
+        loss = loss_fn(out, yb)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += float(loss.detach()) * len(yb)
+        correct += int((out.detach().argmax(1) == yb).sum())
+        n += len(yb)
+        if on_batch is not None:
+            on_batch(step, float(loss.detach()))
+    return loss_sum, correct, n
+
+
 def fit(model: nn.Module, data: Dataset, *, epochs: int = 10, lr: float = 1e-2, batch_size: int = 64,
         optimizer: str = "adam", weight_decay: float = 0.0, seed: int = 0,
         on_epoch: Callable[[int, float, float], None] | None = None) -> dict[str, float]:
@@ -39,25 +74,12 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 10, lr: float = 1e-2, 
     """
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    if optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     steps = epochs * ((len(data.y_train) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
-    loss_fn = nn.CrossEntropyLoss()
+    opt, sched = make_optimizer(model.parameters(), optimizer, lr=lr, weight_decay=weight_decay, steps=steps)
     loss_avg = float("nan")
     for epoch in range(epochs):
-        model.train()
-        total, n = 0.0, 0
-        for xb, yb in batches(data.x_train, data.y_train, batch_size, shuffle=True, generator=g):
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(yb)
-            n += len(yb)
+        idx = torch.randperm(len(data.y_train), generator=g)
+        total, _, n = train_epoch(model, data.x_train, data.y_train, idx, batch_size, opt, sched)
         loss_avg = total / n
         if on_epoch is not None:
             on_epoch(epoch, loss_avg, accuracy(model, data.x_test, data.y_test))
@@ -268,12 +290,9 @@ def _check_input(model: nn.Module, data, spec: str) -> None:
 
 
 def _make_optimizer(cfg: TrainConfig, params, lr: float, steps: int):
-    if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay or 0.0)
-    else:
-        wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    default_wd = 0.0 if cfg.optimizer == "adam" else 5e-4
+    wd = default_wd if cfg.weight_decay is None else cfg.weight_decay
+    return make_optimizer(params, cfg.optimizer, lr=lr, weight_decay=wd, steps=steps)
 
 
 def _paths(cfg: TrainConfig, arch: str) -> tuple[Path, Path]:
@@ -351,7 +370,6 @@ def train(cfg: TrainConfig, *, progress: Callable[..., None] | None = None) -> T
         stage_ends = [sum(e for _, e, _ in stages[:i + 1]) for i in range(len(stages))]
         per_rank = -(-len(ytr) // dist.world)  # ceil division
         steps_per_epoch = -(-per_rank // cfg.batch_size)
-        loss_fn = nn.CrossEntropyLoss()
         written = bool(state)
         t_start = time.perf_counter()
         test_acc = float(state["test_accuracy"]) if state else float("nan")
@@ -382,23 +400,12 @@ def train(cfg: TrainConfig, *, progress: Callable[..., None] | None = None) -> T
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
                 g_aug = torch.Generator(dist.device).manual_seed(cfg.seed * 7_919 + epoch * 31 + dist.rank)
                 idx = _shard(len(ytr), torch.randperm(len(ytr), generator=g), dist.rank, dist.world).to(dist.device)
-                net.train()
-                loss_sum, correct, n = 0.0, 0, 0
-                for step, i in enumerate(range(0, len(idx), cfg.batch_size)):
-                    j = idx[i:i + cfg.batch_size]
-                    xb, yb = xtr[j], ytr[j]
-                    if use_aug:
-                        xb = augment_batch(xb, generator=g_aug, mean=data.mean, std=data.std)
-                    opt.zero_grad(set_to_none=True)
-                    out = net(xb)
-                    loss = loss_fn(out, yb)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    loss_sum += float(loss.detach()) * len(yb)
-                    correct += int((out.detach().argmax(1) == yb).sum())
-                    n += len(yb)
-                    say("batch", epoch=epoch, step=step + 1, steps=steps_per_epoch, loss=float(loss.detach()))
+                augment = ((lambda xb: augment_batch(xb, generator=g_aug, mean=data.mean, std=data.std))
+                           if use_aug else None)
+                loss_sum, correct, n = train_epoch(
+                    net, xtr, ytr, idx, cfg.batch_size, opt, sched, transform=augment,
+                    on_batch=lambda step, loss: say("batch", epoch=epoch, step=step + 1, steps=steps_per_epoch,
+                                                    loss=loss))
                 loss_sum, correct, n = dist.sum(loss_sum, correct, n)
                 dist.sync_buffers(model)
                 test_acc = _evaluate(model, xte, yte, dist, 1024)
