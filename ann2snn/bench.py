@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ann2snn.errors import Ann2SnnError
+from ann2snn.exporters.contract import FORMAT_STATEFUL, INPUT, LOGITS, LOGITS_PER_STEP, read_metadata
 
 __all__ = ["benchmark", "benchmark_onnx", "relu_ann_onnx", "median_time", "median_times", "ANN_NOTE"]
 
@@ -42,8 +43,8 @@ def relu_ann_onnx(qann: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(ann, (torch.zeros(1, *input_shape),), buf, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                          input_names=[INPUT], output_names=[LOGITS],
+                          dynamic_axes={INPUT: {0: "batch"}, LOGITS: {0: "batch"}})
     return buf.getvalue()
 
 
@@ -93,14 +94,15 @@ def _row(T, batch, ann, unrolled, stateful, sim) -> dict[str, Any]:
 
 def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: str = "cpu", repeats: int = 10,
               warmup: int = 3, threads: int | None = None, include=("ann", "unrolled", "stateful", "torch"),
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[str], None] | None = None, convention: str = "rate") -> dict[str, Any]:
     """Time the ANN and the SNN formats of ``qann`` at every T and batch size; see the module docstring.
 
-    Returns ``{"provider", "note", "rows": [{"T", "batch", "ann_ms", "unrolled_ms", "unrolled_ratio", ...}]}``.
+    ``convention``: the time convention the SNN is converted for (``"rate"`` or ``"exact"``).
+    Returns ``{"provider", "convention", "note", "rows": [{"T", "batch", "ann_ms", "unrolled_ms", ...}]}``.
     """
-    import ann2snn
     from ann2snn.exporters.onnx_stateful import build_stateful
     from ann2snn.exporters.onnx_unrolled import build_unrolled
+    from ann2snn.network import convert
     from ann2snn.runtime import StatefulRunner, make_session
 
     shape = tuple(getattr(qann, "input_shape", None) or ())
@@ -115,7 +117,7 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
         ann_sess, used = make_session(relu_ann_onnx(qann, shape), provider=provider, threads=threads)
     rows = []
     for T in Ts:
-        snn = ann2snn.convert(qann, T)
+        snn = convert(qann, T, convention=convention)
         un = st = None
         if "unrolled" in include:
             un, used = make_session(build_unrolled(snn, T=T).SerializeToString(), provider=provider, threads=threads)
@@ -126,9 +128,9 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
             tick(f"T={T} batch {b}")
             fns: dict[str, Callable[[], Any]] = {}
             if ann_sess is not None:
-                fns["ann"] = lambda: ann_sess.run(None, {"input": x})
+                fns["ann"] = lambda: ann_sess.run(None, {INPUT: x})
             if un is not None:
-                fns["unrolled"] = lambda: un.run(["logits_per_step"], {"input": x})
+                fns["unrolled"] = lambda: un.run([LOGITS_PER_STEP], {INPUT: x})
             if st is not None:
                 fns["stateful"] = lambda: st.run(x, T)
             if "torch" in include:
@@ -137,36 +139,27 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
             # small batches are fast and noisy: repeat them more
             t = median_times(fns, warmup=warmup, repeats=repeats if b > 16 else repeats * 10)
             rows.append(_row(T, b, t.get("ann"), t.get("unrolled"), t.get("stateful"), t.get("torch")))
-    return {"provider": used, "note": ANN_NOTE, "threads": threads or "onnxruntime default", "rows": rows}
+    return {"provider": used, "convention": convention, "note": ANN_NOTE, "threads": threads or "onnxruntime default",
+            "rows": rows}
 
 
 def benchmark_onnx(path, *, batches=(1, 256), provider: str = "cpu", repeats: int = 10, warmup: int = 3,
                    threads: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time an exported ann2snn ONNX file (unrolled: one run; stateful: driven T steps). No ANN baseline (the
     weights of the QANN are not in the file): pass the QANN checkpoint for ratios."""
-    import json
-
-    from ann2snn.runtime import StatefulRunner, make_session, model_metadata
+    from ann2snn.runtime import StatefulRunner, make_session
 
     sess, used = make_session(path, provider=provider, threads=threads)
-    meta = model_metadata(sess)
-    fmt = meta.get("ann2snn.format")
-    if fmt not in ("unrolled", "stateful"):
-        raise Ann2SnnError(f"{str(path)!r} is not an ONNX file exported by ann2snn (no ann2snn.format metadata); "
-                           "export it with `ann2snn convert`, or pass the QANN checkpoint")
-    try:
-        T = int(meta["ann2snn.T"])
-        shape = tuple(json.loads(meta["ann2snn.input_shape"]))
-    except (KeyError, ValueError) as exc:
-        raise Ann2SnnError(f"{str(path)!r} has incomplete ann2snn metadata ({exc}); re-export it") from None
+    meta = read_metadata(sess, where=repr(str(path)))
+    fmt, T, shape = meta.format, meta.T, meta.input_shape
     inputs = {i.name: i.shape for i in sess.get_inputs()}
-    if "input" not in inputs or [d for d in inputs["input"] if isinstance(d, int)][-len(shape):] != list(shape):
-        raise Ann2SnnError(f"{str(path)!r}: its input {inputs.get('input')} does not match its recorded input shape "
+    if INPUT not in inputs or [d for d in inputs[INPUT] if isinstance(d, int)][-len(shape):] != list(shape):
+        raise Ann2SnnError(f"{str(path)!r}: its input {inputs.get(INPUT)} does not match its recorded input shape "
                            f"{list(shape)}; the file was modified or mismatched, re-export it")
     tick = progress or (lambda _msg: None)
     rng = np.random.default_rng(0)
-    runner = StatefulRunner(path, provider=provider, threads=threads) if fmt == "stateful" else None
-    seq = meta.get("ann2snn.encoding") == "sequence"
+    runner = StatefulRunner(path, provider=provider, threads=threads) if fmt == FORMAT_STATEFUL else None
+    seq = meta.encoding == "sequence"
     rows = []
     for b in batches:
         x = rng.random(((T,) if seq else ()) + (b, *shape), dtype=np.float32)
@@ -175,7 +168,7 @@ def benchmark_onnx(path, *, batches=(1, 256), provider: str = "cpu", repeats: in
             sec = median_time(lambda: runner.run(x, T), warmup=warmup, repeats=repeats)
             rows.append(_row(T, b, None, None, sec, None))
         else:
-            sec = median_time(lambda: sess.run(None, {"input": x}), warmup=warmup, repeats=repeats)
+            sec = median_time(lambda: sess.run(None, {INPUT: x}), warmup=warmup, repeats=repeats)
             rows.append(_row(T, b, None, sec, None, None))
-    return {"provider": used, "note": "ONNX file only: no ANN baseline (pass the QANN checkpoint for ratios)",
-            "format": fmt, "rows": rows}
+    return {"provider": used, "convention": meta.convention, "format": fmt, "rows": rows,
+            "note": "ONNX file only: no ANN baseline (pass the QANN checkpoint for ratios)"}

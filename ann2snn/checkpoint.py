@@ -4,15 +4,16 @@ A QANN file is ``{"format": "ann2snn.qann", "version": 1, "arch": name, "kwargs"
 "state_dict": {...}, "input_shape": [...], "meta": {...}}``; the architecture is rebuilt from the zoo
 (or a module the user names) and the weights loaded strictly. A converted SNN file
 (``"format": "ann2snn.snn"``) stores the QANN the same way plus the conversion options, and is rebuilt
-by converting again (deterministic, milliseconds). A pickled whole ``nn.Module`` is opened only with
+by converting again (deterministic, milliseconds) with the options it was converted with (T, input shape,
+max-pool mode, time convention). A pickled whole ``nn.Module`` is opened only with
 ``trust_pickle=True``, because unpickling runs code from the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,49 +23,15 @@ from torch import nn
 
 from ann2snn import models
 from ann2snn.errors import CheckpointError
+from ann2snn.files import atomic_write, qann_payload
+from ann2snn.network import SpikingNetwork, convert
 
+# atomic_write lives in ann2snn.files; it stays importable from here for callers not yet moved
 __all__ = ["save", "load", "load_qann", "atomic_write", "VERSION"]
 
 VERSION = 1
 QANN_FORMAT = "ann2snn.qann"
 SNN_FORMAT = "ann2snn.snn"
-
-
-def atomic_write(path: str | os.PathLike, write, *, force: bool = False) -> Path:
-    """Call ``write(tmp_path)`` and move the result to ``path`` in one step; never leaves half a file.
-
-    Refuses to replace an existing ``path`` unless ``force``.
-    """
-    path = Path(path)
-    if path.exists() and not force:
-        raise CheckpointError(f"{path} already exists; pass --force (force=True) to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary name keeps the real suffix, so writers that infer the format from it (savefig) work
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _qann_payload(model: nn.Module, input_shape=None) -> dict[str, Any]:
-    arch = getattr(model, "arch_name", None)
-    if arch is None:
-        raise CheckpointError(
-            f"cannot save a {type(model).__name__} safely: its architecture has no registered name; build it with "
-            "ann2snn.models.create or register its builder with @ann2snn.models.register('name')"
-        )
-    shape = input_shape or getattr(model, "input_shape", None)
-    return {
-        "arch": arch,
-        "kwargs": dict(getattr(model, "arch_kwargs", {}) or {}),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "input_shape": list(shape) if shape is not None else None,
-    }
 
 
 def save(obj: nn.Module, path: str | os.PathLike, *, meta: dict[str, Any] | None = None,
@@ -74,17 +41,16 @@ def save(obj: nn.Module, path: str | os.PathLike, *, meta: dict[str, Any] | None
     Example:
         >>> ann2snn.save(qann, "digits.pt", meta={"test_accuracy": 0.97})
     """
-    from ann2snn.network import SpikingNetwork
-
     if isinstance(obj, SpikingNetwork):
-        qann = obj.info.get("qann_payload")
-        if qann is None:
+        info = obj.info
+        if info.qann_payload is None:
             raise CheckpointError("this SpikingNetwork was not converted from a saved-able QANN; save the QANN instead")
-        payload = {"format": SNN_FORMAT, "version": VERSION, "qann": qann,
-                   "convert": {"T": obj.T, "input_shape": list(obj.input_shape), "maxpool": obj.info["maxpool"]},
+        options = {"T": obj.T, "input_shape": list(obj.input_shape), "maxpool": info.maxpool,
+                   "convention": info.convention}
+        payload = {"format": SNN_FORMAT, "version": VERSION, "qann": info.qann_payload, "convert": options,
                    "meta": meta or {}}
     elif isinstance(obj, nn.Module):
-        payload = {"format": QANN_FORMAT, "version": VERSION, **_qann_payload(obj), "meta": meta or {}}
+        payload = {"format": QANN_FORMAT, "version": VERSION, **qann_payload(obj), "meta": meta or {}}
     else:
         raise CheckpointError(f"save takes an nn.Module or a SpikingNetwork, got {type(obj).__name__}")
     return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force)
@@ -157,12 +123,11 @@ def load(path: str | os.PathLike, *, trust_pickle: bool = False, arch: str | Non
         model.checkpoint_meta = obj.get("meta", {})
         return model
     if fmt == SNN_FORMAT:
-        from ann2snn.network import convert
-
         qann = _build(obj["qann"], where=where)
         opts = obj["convert"]
-        snn = convert(qann, opts["T"], input_shape=tuple(opts["input_shape"]), maxpool=opts.get("maxpool", "spiking"))
-        snn.info["qann_payload"] = obj["qann"]
+        snn = convert(qann, opts["T"], input_shape=tuple(opts["input_shape"]), maxpool=opts.get("maxpool", "spiking"),
+                      convention=opts.get("convention", "rate"))  # files from before conventions are rate networks
+        snn.info = dataclasses.replace(snn.info, qann_payload=obj["qann"])
         return snn
     if fmt is not None:
         raise CheckpointError(f"{where} has unknown format {fmt!r}; this ann2snn reads {QANN_FORMAT} and {SNN_FORMAT}")
@@ -175,8 +140,6 @@ def load(path: str | os.PathLike, *, trust_pickle: bool = False, arch: str | Non
 
 def load_qann(path, **kw) -> nn.Module:
     """:func:`load`, insisting on a QANN (not an already converted SNN)."""
-    from ann2snn.network import SpikingNetwork
-
     model = load(path, **kw)
     if isinstance(model, SpikingNetwork):
         raise CheckpointError(f"{str(path)!r} is already a converted SNN; pass the QANN checkpoint")

@@ -1,16 +1,22 @@
 """Operation counts and energy: the ANN's MACs against the SNN's synaptic operations, per layer and per T.
 
-- **ANN MACs** of a conv / linear layer, per sample: ``output elements × fan-in`` (``fan-in = C_in/groups ·
+What is counted comes from the operator registry (:mod:`ann2snn.ops`): an op whose record has a ``synapses``
+rule is a weighted layer, a spiking operator whose record says ``neuron`` is a neuron layer.
+
+- **ANN MACs** of a weighted layer, per sample: ``output elements × fan-in`` (``fan-in = C_in/groups ·
   k_h·k_w`` for a conv, ``in_features`` for a linear), counted on the converted graph, where BatchNorm is
   already folded into the weights. Pooling, BN and activations are not counted (the usual convention).
-- **SNN synaptic operations** (SOPs) of a conv / linear layer at step t: ``Σ_i [x_t,i ≠ 0] · fanout_i``: every
-  nonzero input element (a spike, or a pooled group of spikes) is an event that reaches ``fanout_i`` output
-  neurons, each an accumulate (AC). ``fanout_i`` is exact per input position (borders and strides included):
-  the gradient of ``Σ conv(x, ones-kernel)`` with respect to ``x``. For binary spike input this is exactly
-  ``spikes × fan-out``.
+- **SNN synaptic operations** (SOPs) of a weighted layer at step t: ``Σ_i [x_t,i ≠ 0] · fanout_i``: every
+  nonzero input element (a spike of either sign, or a pooled group of spikes) is an event that reaches
+  ``fanout_i`` output neurons, each an accumulate (AC). ``fanout_i`` is exact per input position (borders and
+  strides included): the gradient of ``Σ layer(x)`` with every weight 1 with respect to ``x``. For binary spike
+  input this is exactly ``spikes × fan-out``.
+- **Spikes** of a neuron layer: every nonzero output is one event, whatever its value (+1, −1, ±θ_n of a bipolar
+  neuron alike).
 - **Direct encoding**: a layer that sees the analog input (no spiking operator before it, normally the
-  first conv) gets no spikes, so it costs its full MACs at every step: ``T × MACs`` (``analog_per_step``).
-- **Energy**: ``E_ANN = MACs · E_MAC``; ``E_SNN(T) = T · MACs_analog · E_MAC + SOPs(T) · E_AC`` with
+  first conv) gets no spikes, so it costs its full MACs at every step its input is nonzero (``analog_per_step``):
+  every step in the rate convention, the first L steps in the exact one (the input is injected for t ≤ L only).
+- **Energy**: ``E_ANN = MACs · E_MAC``; ``E_SNN(T) = MACs_analog(T) · E_MAC + SOPs(T) · E_AC`` with
   ``E_MAC = 4.6 pJ`` and ``E_AC = 0.9 pJ`` (32-bit float, 45 nm, Horowitz 2014), configurable. Neuron
   membrane updates and memory traffic are not counted.
 
@@ -19,22 +25,24 @@ See ``docs/metrics.md``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.nn import functional as F
 
 from ann2snn.errors import Ann2SnnError
 from ann2snn.neurons import StatefulModule
+from ann2snn.ops import REGISTRY, Spiking, Synapses, record_for, record_for_module
 
 __all__ = ["EnergyModel", "WEIGHTED_MODULES", "NON_NEURON_KINDS", "fanout_map", "layer_macs", "ActivityMonitor"]
 
-#: Layers whose cost is counted (MACs in the ANN, synaptic operations in the SNN).
-WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+#: Layers whose cost is counted (MACs in the ANN, synaptic operations in the SNN): records with a synapse rule.
+WEIGHTED_MODULES: tuple[type, ...] = tuple(c for r in REGISTRY if r.accounting.synapses for c in r.modules)
 #: Stateful operators that are not neurons (no firing rate reported).
-NON_NEURON_KINDS = ("maxpool",)
+NON_NEURON_KINDS: tuple[str, ...] = tuple(r.stateful_kind for r in REGISTRY
+                                          if r.spiking is Spiking.STATEFUL and not r.accounting.neuron)
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class EnergyModel:
     Args:
         e_mac_pj: one multiply-accumulate (ANN layers, and the SNN's analog-input layer).
         e_ac_pj: one accumulate (an SNN synaptic operation).
-        analog_per_step: count the analog-input layer's MACs at every step (``T × MACs``); False counts
+        analog_per_step: count the analog-input layer's MACs at every step its input is nonzero; False counts
             them once, as a network that computes the constant input current a single time would.
     """
 
@@ -57,13 +65,12 @@ class EnergyModel:
             raise Ann2SnnError(f"energy constants must be >= 0 pJ, got E_MAC={self.e_mac_pj}, E_AC={self.e_ac_pj}")
 
 
-def _ones_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``m`` with every weight 1 and no bias: each output sums its connected inputs."""
-    w = torch.ones_like(m.weight, dtype=x.dtype)
-    if isinstance(m, nn.Linear):
-        return F.linear(x, w)
-    conv = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}[type(m)]
-    return conv(x, w, None, m.stride, m.padding, m.dilation, m.groups)
+def _synapses(m: nn.Module) -> Synapses:
+    rec = record_for_module(m)
+    if rec is None or rec.accounting.synapses is None:
+        raise Ann2SnnError(f"{type(m).__name__} is not a weighted layer with a synapse rule; fanout_map and "
+                           "layer_macs take a conv or linear layer")
+    return rec.accounting.synapses
 
 
 def fanout_map(m: nn.Module, sample_shape: tuple[int, ...]) -> torch.Tensor:
@@ -73,25 +80,16 @@ def fanout_map(m: nn.Module, sample_shape: tuple[int, ...]) -> torch.Tensor:
         >>> fanout_map(nn.Conv2d(1, 2, 3, padding=1), (1, 3, 3))[0]   # 2 channels × 4, 6 or 9 positions
         tensor([[ 8., 12.,  8.], [12., 18., 12.], [ 8., 12.,  8.]])
     """
-    if not isinstance(m, WEIGHTED_MODULES):
-        raise Ann2SnnError(f"fanout_map takes a conv or linear layer, got {type(m).__name__}")
+    syn = _synapses(m)
     x = torch.zeros(1, *sample_shape, dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():
-        _ones_forward(m, x).sum().backward()
+        syn.ones(m, x).sum().backward()
     return x.grad[0].detach()
 
 
 def layer_macs(m: nn.Module, out_sample_shape: tuple[int, ...]) -> int:
-    """MACs of one sample through conv / linear ``m``, given its output shape for one sample."""
-    out = 1
-    for s in out_sample_shape:
-        out *= int(s)
-    if isinstance(m, nn.Linear):
-        return out * m.in_features
-    k = 1
-    for s in m.kernel_size:
-        k *= int(s)
-    return out * (m.in_channels // m.groups) * k
+    """MACs of one sample through weighted layer ``m``, given its output shape for one sample."""
+    return math.prod(int(s) for s in out_sample_shape) * _synapses(m).fan_in(m)
 
 
 def _has_stateful_ancestor(node: fx.Node, modules: dict[str, nn.Module], memo: dict[fx.Node, bool]) -> bool:
@@ -113,13 +111,14 @@ def _has_stateful_ancestor(node: fx.Node, modules: dict[str, nn.Module], memo: d
 
 
 class _LayerCount:
-    def __init__(self, name: str, module: nn.Module, analog: bool, T: int) -> None:
-        self.name, self.module, self.analog = name, module, analog
+    def __init__(self, name: str, module: nn.Module, synapses: Synapses, analog: bool, T: int) -> None:
+        self.name, self.module, self.synapses, self.analog = name, module, synapses, analog
         self.kind = type(module).__name__
         self.macs: int | None = None
-        self.fan_in = module.in_features if isinstance(module, nn.Linear) else None
+        self.fan_in = synapses.fan_in(module)
         self.sops = torch.zeros(T, dtype=torch.float64)  # summed over samples
         self.events = torch.zeros(T, dtype=torch.float64)
+        self.active = torch.zeros(T, dtype=torch.float64)  # analog layer: samples whose step t had nonzero input
         self.inputs: int | None = None
         self._fanout: torch.Tensor | None = None
 
@@ -132,8 +131,8 @@ class _NeuronCount:
 
 
 class ActivityMonitor:
-    """Counts spikes of every neuron layer and synaptic operations of every conv / linear layer while the
-    reference simulator runs a spiking GraphModule in multi-step mode.
+    """Counts spikes of every neuron layer and synaptic operations of every weighted layer (as the operator
+    registry classes them) while the reference simulator runs a spiking GraphModule in multi-step mode.
 
     Pass it as the simulator's observer (:func:`ann2snn.simulator.run_steps`, multi-step) with the same ``T``,
     count the samples, then read :meth:`summary`. Counts are per step, so the numbers at every T' ≤ T come from
@@ -158,11 +157,13 @@ class ActivityMonitor:
         for node in gm.graph.nodes:
             if node.op != "call_module":
                 continue
-            m = modules[node.target]
-            if isinstance(m, WEIGHTED_MODULES) and node.target not in self.layers:
-                self.layers[node.target] = _LayerCount(node.target, m, not _has_stateful_ancestor(node, modules, memo),
-                                                       self.T)
-            elif isinstance(m, StatefulModule) and m.kind not in NON_NEURON_KINDS and node.target not in self.neurons:
+            m, rec = modules[node.target], record_for(node, modules)
+            if rec is None or node.target in self.layers or node.target in self.neurons:
+                continue
+            if rec.accounting.synapses is not None:
+                analog = not _has_stateful_ancestor(node, modules, memo)
+                self.layers[node.target] = _LayerCount(node.target, m, rec.accounting.synapses, analog, self.T)
+            elif rec.accounting.neuron:
                 self.neurons[node.target] = _NeuronCount(node.target, m.kind, self.T)
 
     def add_samples(self, n: int) -> None:
@@ -183,12 +184,10 @@ class ActivityMonitor:
             rec = self.layers[node.target]
             x = inputs[0]
             if rec.macs is None:
-                rec.macs = layer_macs(rec.module, tuple(output.shape[2:]))
+                rec.macs = math.prod(int(s) for s in output.shape[2:]) * rec.fan_in
                 rec.inputs = x[0, 0].numel()
-                if rec.fan_in is None:
-                    m = rec.module
-                    rec.fan_in = (m.in_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
-            if rec.analog:
+            if rec.analog:  # a step costs MACs when the batch's input at that step is nonzero
+                rec.active += (x.flatten(1) != 0).any(1).to(torch.float64).cpu() * x.shape[1]
                 return
             if rec._fanout is None:
                 rec._fanout = fanout_map(rec.module, tuple(x.shape[2:]))
@@ -214,16 +213,21 @@ class ActivityMonitor:
         self._check(Ts)
         n = max(1, self.samples)
         e = self.energy
-        layers, ann_macs, analog_macs = [], 0, 0
+        layers, ann_macs = [], 0
         sops_total = torch.zeros(self.T, dtype=torch.float64)
+        analog_total = torch.zeros(self.T, dtype=torch.float64)  # analog MACs per step, per sample
         for rec in self.layers.values():
             macs = rec.macs or 0
             ann_macs += macs
             row = {"name": rec.name, "kind": rec.kind, "analog_input": rec.analog, "macs": macs,
                    "fan_in": rec.fan_in, "inputs": rec.inputs}
             if rec.analog:
-                analog_macs += macs
-                row["snn_macs"] = [macs * (t if e.analog_per_step else 1) for t in Ts]
+                per_step = rec.active / n * macs if e.analog_per_step else torch.zeros(self.T, dtype=torch.float64)
+                if not e.analog_per_step and self.T:
+                    per_step[0] = macs
+                analog_total += per_step
+                cum = torch.cumsum(per_step, 0)
+                row["snn_macs"] = [_number(cum[t - 1]) for t in Ts]
                 row["sops"] = [0.0 for _ in Ts]
             else:
                 cum = torch.cumsum(rec.sops, 0) / n
@@ -233,10 +237,11 @@ class ActivityMonitor:
                 row["events"] = [float(torch.cumsum(rec.events, 0)[t - 1]) / n for t in Ts]
             layers.append(row)
         cum_sops = torch.cumsum(sops_total, 0)
+        cum_analog = torch.cumsum(analog_total, 0)
         ann_energy = ann_macs * e.e_mac_pj
         per_t = []
         for t in Ts:
-            snn_macs = analog_macs * (t if e.analog_per_step else 1)
+            snn_macs = _number(cum_analog[t - 1])
             sops = float(cum_sops[t - 1])
             snn_energy = snn_macs * e.e_mac_pj + sops * e.e_ac_pj
             per_t.append({"T": t, "snn_macs": snn_macs, "sops": sops, "snn_energy_pj": snn_energy,
@@ -248,3 +253,9 @@ class ActivityMonitor:
         bad = [t for t in Ts if not 1 <= t <= self.T]
         if bad:
             raise Ann2SnnError(f"T values {bad} lie outside the recorded 1..{self.T} steps; record with T={max(Ts)}")
+
+
+def _number(v: torch.Tensor) -> int | float:
+    """An exact count as an int, a mean over samples that is not whole as a float."""
+    f = float(v)
+    return int(f) if f.is_integer() else f

@@ -15,8 +15,6 @@ See ``docs/metrics.md``.
 
 from __future__ import annotations
 
-import math
-import os
 from typing import Any
 
 import torch
@@ -24,6 +22,7 @@ from torch import nn
 
 from ann2snn.errors import Ann2SnnError
 from ann2snn.layers import qcfs_modules
+from ann2snn.plots import plot_threshold_histogram  # re-exported: it lives with the other plots
 
 __all__ = ["threshold_spread", "threshold_stats", "inspect_thresholds", "plot_threshold_histogram",
            "inspect_graph"]
@@ -82,48 +81,6 @@ def inspect_thresholds(model: nn.Module) -> list[dict[str, Any]]:
             "thresholds": [float(v) for v in theta],
         })
     return rows
-
-
-def plot_threshold_histogram(rows: list[dict[str, Any]], path: str | os.PathLike | None = None, *,
-                             bins: int = 30):
-    """A histogram of θ per QCFS layer (one panel each; negative raw λ noted in the title).
-
-    ``rows`` come from :func:`inspect_thresholds`. Writes a PNG to ``path`` when given; returns the figure.
-    Needs matplotlib (``pip install ann2snn[plot]``).
-    """
-    from ann2snn.report import pyplot
-
-    plt = pyplot()
-    if all(r["count"] == 1 for r in rows):  # all layer-wise: one bar per layer says more than n histograms
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(rows) + 2), 3.2))
-        colors = ["#cc3311" if r["raw_nonpositive"] else "#4477aa" for r in rows]
-        ax.bar(range(len(rows)), [r["mean"] for r in rows], color=colors)
-        ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=45 if len(rows) > 8 else 0, fontsize=8)
-        ax.set_ylabel("θ")
-        ax.set_title("layer-wise QCFS thresholds (red: raw λ ≤ 0)", fontsize=10)
-    else:
-        n = len(rows)
-        cols = min(3, n)
-        nrows = math.ceil(n / cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 2.8 * nrows), squeeze=False)
-        for ax, r in zip(axes.flat, rows):
-            vals = r["thresholds"]
-            if len(vals) > 1:
-                ax.hist(vals, bins=bins, color="#4477aa", edgecolor="white")
-            else:
-                ax.axvline(vals[0], color="#4477aa", lw=3)
-            ax.axvline(r["mean"], color="#cc3311", lw=1, ls="--")
-            flag = f", {r['raw_nonpositive']} λ≤0" if r["raw_nonpositive"] else ""
-            ax.set_title(f"{r['name']} ({r['granularity']}, n={r['count']}{flag}) MaxDiff={r['max_diff']:.3g}",
-                         fontsize=8)
-            ax.set_xlabel("θ")
-        for ax in list(axes.flat)[n:]:
-            ax.axis("off")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return fig
 
 
 def inspect_graph(model: nn.Module, *, example_input: torch.Tensor | None = None,

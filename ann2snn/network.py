@@ -2,18 +2,52 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import fx, nn
 
 from ann2snn.errors import Ann2SnnError
+from ann2snn.files import qann_payload
 from ann2snn.layers import qcfs_modules
 from ann2snn.neurons import reset_states, stateful_modules
 from ann2snn.passes import ConversionReport, run_pipeline
-from ann2snn.simulator import run_steps, running_mean
+from ann2snn.simulator import CONVENTIONS, ScheduledStep, TimeSchedule, readout, run_steps
 
-__all__ = ["SpikingNetwork", "convert", "simulate", "example_input_for"]
+#: default T = this × L under the exact convention (measured: zoo CNNs settle by ~2L; deep nets take longer)
+EXACT_DEFAULT_T_FACTOR = 4
+
+__all__ = ["SpikingNetwork", "ConversionInfo", "convert", "simulate", "example_input_for"]
+
+
+@dataclass(frozen=True)
+class ConversionInfo:
+    """What a network was converted from and how: read by ``save``, the exporters' metadata, eval and reports.
+
+    ``levels``: the QCFS levels L present (sorted); ``shift``: φ, one float or a tuple when layers differ;
+    ``neuron_kinds``: the ``kind`` of every stateful operator (sorted); ``maxpool``: the ``convert`` option;
+    ``arch`` / ``arch_kwargs``: the zoo architecture, when the QANN has one; ``qann_payload``: the QANN as a model
+    file stores it (:func:`ann2snn.files.qann_payload`), what ``save`` writes; ``convention``: ``"rate"`` or
+    ``"exact"`` (the time schedule); ``schedule_length``: the L of the exact schedule (None for rate).
+    """
+
+    levels: tuple[int, ...] = ()
+    shift: float | tuple[float, ...] | None = None
+    neuron_kinds: tuple[str, ...] = ()
+    maxpool: str = "spiking"
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] | None = None
+    qann_payload: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    convention: str = "rate"
+    schedule_length: int | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style read for code written against the old ``info`` dict; use the attributes instead."""
+        return getattr(self, key) if key in _INFO_FIELDS else default
+
+
+_INFO_FIELDS = frozenset(f.name for f in fields(ConversionInfo))
 
 
 class SpikingNetwork(nn.Module):
@@ -25,13 +59,18 @@ class SpikingNetwork(nn.Module):
     """
 
     def __init__(self, graph_module: fx.GraphModule, *, T: int, input_shape: tuple[int, ...],
-                 report: ConversionReport | None = None, info: dict[str, Any] | None = None) -> None:
+                 report: ConversionReport | None = None, info: ConversionInfo | None = None) -> None:
         super().__init__()
         self.graph_module = graph_module
         self.T = int(T)
         self.input_shape = tuple(input_shape)
         self.report = report
-        self.info = dict(info or {})
+        self.info = info if info is not None else ConversionInfo()
+
+    @property
+    def schedule(self) -> TimeSchedule:
+        """The time convention the network was converted for (rate, or exact with its schedule length)."""
+        return TimeSchedule(self.info.convention, self.info.schedule_length)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.simulate(x)[-1]
@@ -39,16 +78,25 @@ class SpikingNetwork(nn.Module):
     def simulate(self, x: torch.Tensor, T: int | None = None, *, mode: str = "multi",
                  encoding: str = "direct") -> torch.Tensor:
         """Logits at every step: ``out[t-1]`` is the mean output over steps 1..t, shape ``[T, B, K]``."""
-        return running_mean(run_steps(self.graph_module, x, self.T if T is None else T, mode=mode,
-                                      encoding=encoding))
+        return readout(run_steps(self.graph_module, x, self.T if T is None else T, mode=mode, encoding=encoding,
+                                 schedule=self.schedule), self.schedule)
 
     @torch.no_grad()
     def step(self, x_t: torch.Tensor) -> torch.Tensor:
-        """One time step (instantaneous output); state persists until :meth:`reset`."""
-        return self.graph_module(x_t)
+        """One time step (instantaneous output); state persists until :meth:`reset`.
+
+        Under the exact convention the network counts its steps: give it the input at every step, it injects
+        the input and the constants for the first L steps only."""
+        if not self.schedule.exact:
+            return self.graph_module(x_t)
+        if getattr(self, "_stepper", None) is None:
+            self._stepper, self._t = ScheduledStep(self.graph_module, self.schedule), 0
+        self._t += 1
+        return self._stepper.step(x_t, self._t)
 
     def reset(self) -> None:
         reset_states(self.graph_module)
+        self._stepper, self._t = None, 0
 
     def stateful(self):
         """``(name, module)`` for every stateful operator, in graph order."""
@@ -67,14 +115,20 @@ def example_input_for(model: nn.Module, example_input=None, input_shape=None, ba
 
 
 def convert(model: nn.Module, T: int | None = None, *, example_input: torch.Tensor | None = None,
-            input_shape: tuple[int, ...] | None = None, maxpool: str = "spiking") -> SpikingNetwork:
+            input_shape: tuple[int, ...] | None = None, maxpool: str = "spiking",
+            convention: str = "rate") -> SpikingNetwork:
     """Convert a QANN into a :class:`SpikingNetwork` of IF neurons.
 
     Args:
         model: a QANN (QCFS activations). It is copied, never modified.
-        T: default number of time steps; defaults to the QCFS levels L, where a QCFS SNN is most accurate.
+        T: default number of time steps; defaults to the QCFS levels L (rate, where a QCFS SNN is most accurate)
+            or 4·L (exact).
         example_input / input_shape: what the model takes (defaults to ``model.input_shape``).
         maxpool: ``"spiking"`` (spiking max on accumulated counts) or ``"error"`` (refuse max-pooling).
+        convention: ``"rate"`` (IF neurons, input and constants every step: the seed's QCFS method) or
+            ``"exact"`` (bounded bipolar neurons, input and constants for the first L steps only: from some step
+            on every neuron's count equals its QANN level and the logits equal the QANN's; DESIGN §2b). Signed
+            quantizers become bipolar neurons under both.
 
     Example:
         >>> snn = ann2snn.convert(qann, T=4)
@@ -84,23 +138,24 @@ def convert(model: nn.Module, T: int | None = None, *, example_input: torch.Tens
         raise Ann2SnnError(f"T must be a positive number of time steps, got {T!r}")
     if maxpool not in ("spiking", "error"):
         raise Ann2SnnError(f"maxpool must be 'spiking' or 'error', got {maxpool!r}")
+    if convention not in CONVENTIONS:
+        raise Ann2SnnError(f"convention must be 'rate' or 'exact', got {convention!r} (CLI: --mode rate|exact)")
     x = example_input_for(model, example_input, input_shape)
     levels = sorted({q.levels for _, q in qcfs_modules(model)})
-    gm, report = run_pipeline(model, example_input=x, options={"convert_maxpool": {"mode": maxpool}})
+    length = max(levels) if convention == "exact" and levels else None
+    gm, report = run_pipeline(model, example_input=x, options={"to_spiking": {
+        "maxpool": maxpool, "convention": convention, "schedule_length": length}})
     shifts = sorted({q.shift for _, q in qcfs_modules(model)})
-    info = {
-        "levels": levels,
-        "shift": shifts[0] if len(shifts) == 1 else shifts,
-        "neuron_kinds": sorted({m.kind for _, m in stateful_modules(gm)}),
-        "maxpool": maxpool,
-        "arch": getattr(model, "arch_name", None),
-        "arch_kwargs": getattr(model, "arch_kwargs", None),
-    }
-    if getattr(model, "arch_name", None):
-        from ann2snn.checkpoint import _qann_payload
-
-        info["qann_payload"] = _qann_payload(model, input_shape=tuple(x.shape[1:]))
-    T = T if T is not None else (max(levels) if levels else 8)
+    arch = getattr(model, "arch_name", None)
+    info = ConversionInfo(
+        levels=tuple(levels), shift=shifts[0] if len(shifts) == 1 else tuple(shifts),
+        neuron_kinds=tuple(sorted({m.kind for _, m in stateful_modules(gm)})), maxpool=maxpool, arch=arch,
+        arch_kwargs=getattr(model, "arch_kwargs", None),
+        qann_payload=qann_payload(model, input_shape=tuple(x.shape[1:])) if arch else None,
+        convention=convention, schedule_length=length,
+    )
+    if T is None:  # rate: accuracy peaks near T = L; exact: logits settle on the QANN's a few steps after L
+        T = (max(levels) if levels else 8) * (EXACT_DEFAULT_T_FACTOR if convention == "exact" else 1)
     return SpikingNetwork(gm, T=T, input_shape=tuple(x.shape[1:]), report=report, info=info)
 
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["StatefulModule", "IFNeuron", "SpikingMaxPool2d", "stateful_modules", "reset_states"]
+__all__ = ["StatefulModule", "IFNeuron", "BipolarNeuron", "SpikingMaxPool2d", "neuron_for_qcfs", "stateful_modules",
+           "reset_states"]
 
 State = tuple[torch.Tensor, ...]
 
@@ -57,6 +58,12 @@ class StatefulModule(nn.Module):
 
     def reset(self) -> None:
         self._state = None
+
+    def tie_probe(self, factor: float) -> "StatefulModule | None":
+        """A copy whose firing decisions move by ``factor`` (thresholds ×factor, the lower bound −(factor−1)·θ)
+        while emitting the same values; None for operators that make no threshold decisions. Verification
+        uses it to find samples whose outcome hangs on float rounding."""
+        return None
 
     @property
     def state(self) -> State | None:
@@ -111,6 +118,11 @@ class IFNeuron(StatefulModule):
             out[t], (v,) = self.step(x_seq[t], state=(v,))
         return out
 
+    def tie_probe(self, factor: float) -> "IFNeuron":
+        probe = _IFTieProbe(self.threshold, shift=self.shift)
+        probe.factor = float(factor)
+        return probe
+
     def constant_input_counts(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """Spike counts after t = 1..T steps of a constant input, in closed form: ``[T, B, ...]``.
 
@@ -124,6 +136,142 @@ class IFNeuron(StatefulModule):
     def extra_repr(self) -> str:
         th = "1" if self.unit_threshold else f"tensor{tuple(self.threshold.shape)}"
         return f"threshold={th}, shift={self.shift}"
+
+
+class _IFTieProbe(IFNeuron):
+    """An IF neuron that fires at ``factor·θ`` but emits and subtracts θ as usual: only its decisions move."""
+
+    factor = 1.0
+
+    def step(self, x: torch.Tensor, *, state: State) -> tuple[torch.Tensor, State]:
+        (v,) = state
+        v = v + x
+        theta = 1.0 if self.unit_threshold else self.threshold.to(x)
+        out = (v >= theta * self.factor).to(x.dtype) * theta
+        return out, (v - out,)
+
+    multi_step = StatefulModule.multi_step
+
+
+class BipolarNeuron(StatefulModule):
+    """Bounded bipolar integrate-and-fire neuron: +1 and −1 spikes, spike count kept in ``[n_min, n_max]``.
+
+    Per step, with the membrane started at ``v0 = φ·θ``::
+
+        v += x
+        if v >= θ and n < n_max:   emit +1;  v -= θ;  n += 1
+        elif v < 0 and n > n_min:  emit −1;  v += θ;  n -= 1
+
+    A spike is worth ``θ`` while the count is on the positive side and ``θ_n`` (``neg_threshold``) on the
+    negative side: the output is ``a(n_t) − a(n_{t−1})`` with ``a(n) = θ·n`` for ``n ≥ 0`` and ``θ_n·n`` for
+    ``n < 0`` — the signed (double-threshold) quantizer rounds ``z/θ`` on both sides and scales its negative
+    half by ``θ_n/θ``. With ``θ_n = θ`` spikes are ``±θ`` (``±1`` after threshold folding).
+
+    Whenever the accumulated input ``S`` stops changing, the neuron settles on ``n = clip(floor(S/θ + φ), n_min,
+    n_max)`` within ``n_max − n_min`` steps — the QCFS level when ``S = L·z`` (the exact time convention).
+    IF is the special case with no bounds and no −1.
+
+    Args:
+        threshold: θ (decisions, and the value of a positive-side spike); float or tensor of one step's shape.
+        neg_threshold: θ_n, the value of a negative-side spike (default θ).
+        shift: φ; the membrane starts at φ·θ.
+        n_min / n_max: bounds of the count (None: unbounded).
+    """
+
+    state_names = ("v", "n")
+    kind = "bipolar"
+
+    def __init__(self, threshold: float | torch.Tensor = 1.0, *, neg_threshold: float | torch.Tensor | None = None,
+                 shift: float = 0.5, n_min: int | None = None, n_max: int | None = None) -> None:
+        super().__init__()
+        theta = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
+        neg = theta.clone() if neg_threshold is None else torch.as_tensor(neg_threshold, dtype=torch.float32)
+        neg = neg.detach().clone()
+        if not bool(torch.all(theta > 0)) or not bool(torch.all(neg > 0)):
+            raise ValueError("BipolarNeuron thresholds must be > 0, got min "
+                             f"{float(theta.min())} / {float(neg.min())}")
+        if n_min is not None and n_max is not None and n_min > n_max:
+            raise ValueError(f"BipolarNeuron needs n_min <= n_max, got {n_min} > {n_max}")
+        self.shift = float(shift)
+        self.n_min = None if n_min is None else int(n_min)
+        self.n_max = None if n_max is None else int(n_max)
+        self.symmetric = bool(torch.equal(torch.broadcast_to(neg, torch.broadcast_shapes(neg.shape, theta.shape)),
+                                          torch.broadcast_to(theta, torch.broadcast_shapes(neg.shape, theta.shape))))
+        self.register_buffer("threshold", theta)
+        self.register_buffer("neg_threshold", neg)
+        self.factor = 1.0  # decisions at factor·θ (and below −(factor−1)·θ): verification's tie probe only
+
+    @property
+    def signed(self) -> bool:
+        """True when the count may go below zero (negative outputs)."""
+        return self.n_min is None or self.n_min < 0
+
+    def init_state(self, x: torch.Tensor) -> State:
+        v = torch.broadcast_to(self.shift * self.threshold.to(x), x.shape).clone()
+        return v, torch.zeros_like(x)
+
+    def value(self, n: torch.Tensor) -> torch.Tensor:
+        """``a(n)``: the accumulated output of a count ``n``."""
+        theta = self.threshold.to(n)
+        if not self.signed or self.symmetric:
+            return n * theta
+        return torch.where(n >= 0, n * theta, n * self.neg_threshold.to(n))
+
+    def step(self, x: torch.Tensor, *, state: State) -> tuple[torch.Tensor, State]:
+        v, n = state
+        theta = self.threshold.to(x)
+        v = v + x
+        up = v >= theta * self.factor
+        down = v < theta * (1.0 - self.factor)
+        if self.n_max is not None:
+            up = up & (n < self.n_max)
+        if self.n_min is not None:
+            down = down & (n > self.n_min)
+        s = up.to(x.dtype) - (down & ~up).to(x.dtype)
+        new_n = n + s
+        v = v - s * theta
+        if not self.signed or self.symmetric:
+            return s * theta, (v, new_n)
+        return self.value(new_n) - self.value(n), (v, new_n)
+
+    def tie_probe(self, factor: float) -> "BipolarNeuron":
+        probe = BipolarNeuron(self.threshold, neg_threshold=self.neg_threshold, shift=self.shift, n_min=self.n_min,
+                              n_max=self.n_max)
+        probe.factor = float(factor)
+        return probe
+
+    def extra_repr(self) -> str:
+        def show(t):
+            return f"{float(t):g}" if t.numel() == 1 else f"tensor{tuple(t.shape)}"
+
+        neg = "" if self.symmetric else f", neg_threshold={show(self.neg_threshold)}"
+        return f"threshold={show(self.threshold)}{neg}, shift={self.shift}, n_min={self.n_min}, n_max={self.n_max}"
+
+
+def neuron_for_qcfs(q: nn.Module, theta: torch.Tensor, *, convention: str = "rate",
+                    schedule_length: int | None = None, neg_theta: torch.Tensor | None = None) -> StatefulModule:
+    """The spiking neuron that replaces the QCFS-family quantizer ``q`` under a time convention.
+
+    ``theta`` (and ``neg_theta`` for a signed quantizer) are the thresholds broadcast to one step's shape
+    (``1`` after threshold folding).
+
+    - ``rate``: an unsigned QCFS becomes an :class:`IFNeuron`; a signed one a :class:`BipolarNeuron` without
+      bounds (a double-threshold neuron);
+    - ``exact``: a :class:`BipolarNeuron` with counts in ``[0, L]`` (unsigned) or ``[−L, L]`` (signed). With
+      the schedule length ``L_s`` (the largest L of the network), a layer of ``L`` levels gets threshold
+      ``θ·L_s/L``: its count over ``L_s`` injected steps then settles on its own QCFS level, so layers of
+      different L mix exactly.
+    """
+    signed = bool(getattr(q, "signed", False))
+    if convention == "rate":
+        if not signed:
+            return IFNeuron(theta, shift=q.shift)
+        return BipolarNeuron(theta, neg_threshold=neg_theta, shift=q.shift)
+    if convention != "exact":
+        raise ValueError(f"convention must be 'rate' or 'exact', got {convention!r}")
+    gain = (schedule_length or q.levels) / q.levels
+    return BipolarNeuron(theta * gain, neg_threshold=None if neg_theta is None else neg_theta * gain, shift=q.shift,
+                         n_min=-q.levels if signed else 0, n_max=q.levels)
 
 
 class SpikingMaxPool2d(StatefulModule):

@@ -1,10 +1,13 @@
 """``prepare``: turn a trained ReLU ANN into a QANN (QCFS activations) ready for fine-tuning and conversion.
 
 Every ReLU is found on the torch.fx graph, so ``nn.ReLU``, ``F.relu``, ``torch.relu`` and ``x.relu()`` are all
-caught; ``nn.ReLU6`` / ``F.relu6`` become a QCFS whose threshold starts at 6. Max-pooling can be swapped for
+caught; ``nn.ReLU6`` / ``F.relu6`` become a QCFS whose threshold starts at 6. ``nn.LeakyReLU`` / ``F.leaky_relu``
+of slope α > 0 become a :class:`~ann2snn.layers.SignedQCFS` (a quantized LeakyReLU clipped to ``[−α·θ, θ]``) with
+``alpha`` = the slope, or with θ_n learned from α·θ (``learn_negative``). Max-pooling can be swapped for
 average pooling. Initial thresholds come from calibration data: the maximum or a percentile of each
-activation (per layer or per channel), streamed over the data and computed with torch. The trained weights
-are kept, so the QANN starts from the ANN's function up to quantization and clipping.
+activation (per layer or per channel), streamed over the data and computed with torch; a LeakyReLU's θ = θ_p
+comes from its positive side (as a ReLU's would) and θ_n = α·θ_p. The trained weights are kept, so the QANN
+starts from the ANN's function up to quantization and clipping.
 
 >>> ann = ann2snn.models.create("mnist-cnn", act="relu")       # ... trained ...
 >>> qann = prepare(ann, x_calib, levels=4, granularity="channel")
@@ -25,43 +28,54 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ann2snn.errors import Ann2SnnError, UnsupportedNodeError
-from ann2snn.layers import QCFS, inverse_softplus, qcfs_modules
+from ann2snn.layers import QCFS, SignedQCFS, inverse_softplus, qcfs_modules
 from ann2snn.passes.graph import unique_name
 from ann2snn.passes.trace import symbolic_trace
 
 __all__ = ["prepare", "Calibrator", "RELU_MODULES", "RELU_FUNCTIONS", "RELU_METHODS", "MAXPOOL_SWAPS"]
 
-#: Activations replaced by QCFS, as data: module class / function / tensor method -> kind.
-RELU_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
-RELU_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu", F.relu6: "relu6"}
+#: Activations replaced by QCFS (``"leaky"``: by SignedQCFS), as data: module class / function / tensor method -> kind.
+RELU_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky"}
+RELU_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu", F.relu6: "relu6",
+                  F.leaky_relu: "leaky", F.leaky_relu_: "leaky"}
 RELU_METHODS = {"relu": "relu", "relu_": "relu"}
 #: Activations that have no QCFS equivalent: prepare refuses them rather than leave them in silently.
-OTHER_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.PReLU, nn.Sigmoid, nn.Tanh,
+OTHER_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ELU, nn.SELU, nn.CELU, nn.PReLU, nn.Sigmoid, nn.Tanh,
                      nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Softplus, nn.Hardtanh)
-OTHER_FUNCTIONS = (F.gelu, F.silu, F.leaky_relu, F.elu, F.selu, F.celu, F.prelu, torch.sigmoid, torch.tanh,
+OTHER_FUNCTIONS = (F.gelu, F.silu, F.elu, F.selu, F.celu, F.prelu, torch.sigmoid, torch.tanh,
                    F.hardswish, F.hardsigmoid, F.mish, F.softplus, F.hardtanh)
+_UNSUPPORTED_FIX = ("has no QCFS equivalent; prepare replaces ReLU, ReLU6 and LeakyReLU only: train the ANN with "
+                    "ReLU or LeakyReLU activations")
 #: max-pool -> average-pool replacements (modules and functions).
 MAXPOOL_SWAPS = {nn.MaxPool2d: nn.AvgPool2d, nn.AdaptiveMaxPool2d: nn.AdaptiveAvgPool2d,
                  F.max_pool2d: F.avg_pool2d, F.adaptive_max_pool2d: F.adaptive_avg_pool2d}
-_DEFAULT_THRESHOLD = {"relu": 8.0, "relu6": 6.0}
+_DEFAULT_THRESHOLD = {"relu": 8.0, "relu6": 6.0, "leaky": 8.0}
 _MIN_THRESHOLD = 1e-3
 
 
 class _Observed(nn.Module):
-    """Stands in for one ReLU while calibrating: computes it and records its outputs' statistics."""
+    """Stands in for one ReLU while calibrating: computes it and records its outputs' statistics.
 
-    def __init__(self, kind: str, where: str) -> None:
+    A LeakyReLU records its positive side only (``max(y, 0)``, as the ReLU of the same input): that sets θ_p.
+    """
+
+    def __init__(self, kind: str, where: str, slope: float = 0.0) -> None:
         super().__init__()
         self.kind = kind
         self.where = where
+        self.slope = slope
         self.shape: tuple[int, ...] | None = None
         self.calibrator: Calibrator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu6(x) if self.kind == "relu6" else F.relu(x)
+        if self.kind == "leaky":
+            y = F.leaky_relu(x, self.slope)
+            seen = F.relu(y)
+        else:
+            y = seen = F.relu6(x) if self.kind == "relu6" else F.relu(x)
         self.shape = tuple(y.shape)
         if self.calibrator is not None:
-            self.calibrator.observe(y)
+            self.calibrator.observe(seen)
         return y
 
 
@@ -123,34 +137,47 @@ class _Site:
     node: str
     source: str
     kind: str
+    slope: float = 0.0  # a LeakyReLU's negative_slope (α of its SignedQCFS)
 
 
-def _activation_kind(gm: fx.GraphModule, node: fx.Node) -> tuple[str | None, str]:
-    """``(kind, source)`` for a ReLU-like node, ``(None, "")`` for anything else; raises on other activations."""
+def _activation_kind(gm: fx.GraphModule, node: fx.Node) -> tuple[str | None, str, float]:
+    """``(kind, source, slope)`` for a ReLU-like node, ``(None, "", 0)`` otherwise; raises on other activations."""
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
         for cls, kind in RELU_MODULES.items():
             if type(mod) is cls:
-                return kind, f"{cls.__name__} module {node.target!r}"
+                return _leaky_or_relu(node, kind, f"{cls.__name__} module {node.target!r}",
+                                      getattr(mod, "negative_slope", 0.0))
         if isinstance(mod, OTHER_ACTIVATIONS):
-            raise UnsupportedNodeError(node, f"{type(mod).__name__} has no QCFS equivalent; prepare replaces ReLU and "
-                                             "ReLU6 only: train the ANN with ReLU activations")
+            raise UnsupportedNodeError(node, f"{type(mod).__name__} {_UNSUPPORTED_FIX}")
     elif node.op == "call_function":
         if node.target in RELU_FUNCTIONS:
-            return RELU_FUNCTIONS[node.target], f"function {getattr(node.target, '__name__', node.target)}"
+            kind = RELU_FUNCTIONS[node.target]
+            slope = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01)
+            return _leaky_or_relu(node, kind, f"function {getattr(node.target, '__name__', node.target)}",
+                                  slope if kind == "leaky" else 0.0)
         if node.target in OTHER_FUNCTIONS:
-            raise UnsupportedNodeError(node, f"{node.target.__name__} has no QCFS equivalent; prepare replaces ReLU "
-                                             "and ReLU6 only: train the ANN with ReLU activations")
+            raise UnsupportedNodeError(node, f"{node.target.__name__} {_UNSUPPORTED_FIX}")
     elif node.op == "call_method" and node.target in RELU_METHODS:
-        return RELU_METHODS[node.target], f"method .{node.target}()"
-    return None, ""
+        return RELU_METHODS[node.target], f"method .{node.target}()", 0.0
+    return None, "", 0.0
+
+
+def _leaky_or_relu(node: fx.Node, kind: str, source: str, slope) -> tuple[str, str, float]:
+    """A LeakyReLU's slope checked: > 0 -> signed, 0 -> a plain ReLU, anything else refused."""
+    if kind != "leaky":
+        return kind, source, 0.0
+    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not math.isfinite(slope) or slope < 0:
+        raise UnsupportedNodeError(node, f"leaky_relu with negative_slope {slope!r} has no SignedQCFS equivalent "
+                                         "(θ_n = slope·θ_p needs a constant slope ≥ 0); use a constant slope > 0")
+    return ("leaky" if slope > 0 else "relu"), source, float(slope)
 
 
 def _observe_activations(gm: fx.GraphModule) -> list[_Site]:
     """Replace every ReLU-like node by a call to an :class:`_Observed` submodule; returns the sites."""
     sites, used = [], set()
     found = [(node, *_activation_kind(gm, node)) for node in gm.graph.nodes]  # before any module is swapped
-    for node, kind, source in found:
+    for node, kind, source, slope in found:
         if kind is None:
             continue
         if node.op == "call_module" and node.target not in used:
@@ -158,12 +185,12 @@ def _observe_activations(gm: fx.GraphModule) -> list[_Site]:
         else:
             target = unique_name(gm, f"{node.name}_qcfs")
         used.add(target)
-        gm.add_submodule(target, _Observed(kind, target))
+        gm.add_submodule(target, _Observed(kind, target, slope))
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(target, (node.args[0],))
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
-        sites.append(_Site(target, source, kind))
+        sites.append(_Site(target, source, kind, slope))
     return sites
 
 
@@ -231,17 +258,66 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _set_threshold(q: QCFS, theta: torch.Tensor) -> None:
-    theta = theta.to(q.lam.device, torch.float32).reshape(q.lam.shape)
+def _set_raw(q: QCFS, name: str, theta: torch.Tensor) -> None:
+    """Set the raw parameter ``name`` (``lam`` or ``lam_neg``) of ``q`` so that its threshold is ``theta``."""
+    raw = getattr(q, name)
+    theta = theta.to(raw.device, torch.float32).reshape(raw.shape)
     with torch.no_grad():
-        q.lam.copy_(inverse_softplus(theta) if q.positive == "softplus" else theta)
+        raw.copy_(inverse_softplus(theta) if q.positive == "softplus" else theta)
+
+
+def _calibrated_threshold(site: _Site, obs: _Observed, *, size: int, init_threshold: float | None) -> torch.Tensor:
+    """θ (θ_p for a LeakyReLU) per threshold index: the calibrated statistic, or the default without data."""
+    default = 6.0 if site.kind == "relu6" else (init_threshold or _DEFAULT_THRESHOLD[site.kind])
+    if obs.calibrator is None:
+        return torch.full((size,), default)
+    theta = obs.calibrator.thresholds()
+    positive_vals = theta[theta > 0]
+    fallback = float(positive_vals.max()) if len(positive_vals) else default
+    theta = torch.where(theta > _MIN_THRESHOLD, theta, torch.full_like(theta, fallback))
+    return theta.clamp(max=6.0) if site.kind == "relu6" else theta
+
+
+def _quantizer(site: _Site, theta: torch.Tensor, levels: int, *, learn_negative: bool, **qcfs_kw) -> QCFS:
+    """The QCFS (SignedQCFS for a LeakyReLU, θ_n = slope·θ) that replaces ``site``, thresholds set to ``theta``."""
+    qcfs_kw["init_threshold"] = float(theta.max())
+    if site.kind != "leaky":
+        q = QCFS(levels, **qcfs_kw)
+    elif learn_negative:
+        q = SignedQCFS(levels, learn_negative=True, init_neg_threshold=site.slope * float(theta.max()), **qcfs_kw)
+        _set_raw(q, "lam_neg", site.slope * theta)
+    else:
+        q = SignedQCFS(levels, alpha=site.slope, **qcfs_kw)
+    _set_raw(q, "lam", theta)
+    return q
+
+
+def _calibrate(gm: fx.GraphModule, observers: dict[str, _Observed], calibration, *, dim, method, percentile,
+               batch_size, source, example_input) -> None:
+    """Run the calibration data (or one example input) through ``gm``, feeding every observer."""
+    device = _device(gm)
+    with torch.no_grad():
+        if calibration is not None:
+            data, n = _as_batches(calibration, batch_size)
+            if n == 0:
+                raise Ann2SnnError("calibration data is empty; pass some training images")
+            for obs in observers.values():
+                obs.calibrator = Calibrator(method=method, percentile=percentile, dim=dim, num_samples=n)
+            for xb in _iter(data, batch_size):
+                gm(xb.to(device))
+        else:
+            from ann2snn.network import example_input_for
+
+            gm(example_input_for(source, example_input).to(device))
 
 
 def prepare(model: nn.Module | str | os.PathLike, calibration: Any = None, *, levels: int = 8,
             granularity: str = "layer", positive: str = "softplus", shift: float = 0.5,
             init_threshold: float | None = None, method: str = "percentile", percentile: float = 99.9,
-            maxpool: str = "avg", batch_size: int = 256, example_input: torch.Tensor | None = None) -> nn.Module:
-    """Turn a ReLU ANN into a QANN: every ReLU/ReLU6 becomes a :class:`~ann2snn.layers.QCFS`.
+            maxpool: str = "avg", batch_size: int = 256, example_input: torch.Tensor | None = None,
+            learn_negative: bool = False) -> nn.Module:
+    """Turn a ReLU ANN into a QANN: every ReLU/ReLU6 becomes a :class:`~ann2snn.layers.QCFS`, every LeakyReLU
+    a :class:`~ann2snn.layers.SignedQCFS` with ``alpha`` = its slope.
 
     Args:
         model: the trained ANN (never modified) or a model file readable by :func:`ann2snn.load`.
@@ -250,17 +326,71 @@ def prepare(model: nn.Module | str | os.PathLike, calibration: Any = None, *, le
             ``init_threshold`` (ReLU6: at 6).
         levels / granularity (``"layer"`` | ``"channel"``) / positive / shift: the QCFS options.
         init_threshold: θ without calibration data (default 8; a ReLU6 always starts at 6 uncalibrated).
-        method: ``"percentile"`` (``percentile`` of each activation, exact) or ``"max"``.
+        method: ``"percentile"`` (``percentile`` of each activation, exact) or ``"max"``. A LeakyReLU's θ_p is
+            that of its positive side; θ_n = slope·θ_p.
         maxpool: ``"avg"`` swaps max-pooling for average pooling, ``"keep"`` leaves it to the spiking max-pool.
         example_input: an input the model takes (default zeros of ``model.input_shape``), for channel counts.
+        learn_negative: a LeakyReLU's SignedQCFS learns θ_n (own ``lam_neg``, starting at slope·θ_p) instead of
+            keeping the fixed ratio ``θ_n = slope·θ_p``.
 
     Returns the QANN in eval mode. A zoo model comes back as the zoo's own QCFS architecture
-    (``arch_kwargs`` with ``act="qcfs"``), so :func:`ann2snn.save` writes a file that rebuilds as a QANN; any
-    other model comes back as a ``torch.fx.GraphModule``. ``model.prepare_report`` lists what was replaced.
+    (``arch_kwargs`` with ``act="qcfs"``, or ``act="signed"`` from ``act="leaky"``), so :func:`ann2snn.save`
+    writes a file that rebuilds as a QANN; any other model comes back as a ``torch.fx.GraphModule``.
+    ``model.prepare_report`` lists what was replaced.
 
     Example:
         >>> qann = prepare(ann, data.x_train[:2048], levels=4, granularity="channel", percentile=99.9)
     """
+    model = _check_prepare_args(model, levels=levels, granularity=granularity, method=method,
+                                percentile=percentile, maxpool=maxpool, init_threshold=init_threshold)
+    source = model
+    model = copy.deepcopy(model).eval()
+    gm = symbolic_trace(model)
+    sites = _observe_activations(gm)
+    if not sites:
+        kind = "already a QANN (it has QCFS layers)" if qcfs_modules(model) else "it has no ReLU or LeakyReLU"
+        raise Ann2SnnError(f"nothing to prepare: {kind}; prepare takes a ReLU or LeakyReLU ANN (train one with "
+                           "act='relu' or act='leaky')")
+    swapped = _swap_maxpool(gm) if maxpool == "avg" else []
+    gm.graph.lint()
+    gm.recompile()
+
+    observers = {s.node: gm.get_submodule(s.node) for s in sites}
+    _calibrate(gm, observers, calibration, dim=None if granularity == "layer" else 1, method=method,
+               percentile=percentile, batch_size=batch_size, source=source, example_input=example_input)
+    report_sites = []
+    for s in sites:
+        obs = observers[s.node]
+        if obs.shape is None:
+            raise Ann2SnnError(f"activation {s.node!r} ({s.source}) was not reached by the calibration/example input")
+        channels = obs.shape[1] if len(obs.shape) > 1 else 1
+        theta = _calibrated_threshold(s, obs, size=1 if granularity == "layer" else channels,
+                                      init_threshold=init_threshold)
+        q = _quantizer(s, theta, levels, learn_negative=learn_negative, shift=shift, granularity=granularity,
+                       positive=positive, num_channels=None if granularity == "layer" else channels)
+        gm.add_submodule(s.node, q.to(_device(gm)))
+        report_sites.append({"name": s.node, "replaced": s.source, "kind": s.kind, "channels": q.num_channels,
+                             "threshold_min": float(theta.min()), "threshold_mean": float(theta.mean()),
+                             "threshold_max": float(theta.max()), "alpha": s.slope if q.signed else None})
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+    result, rebuilt = _rebuild_in_zoo(source, gm, sites, levels=levels, granularity=granularity, positive=positive,
+                                      shift=shift, swapped=bool(swapped), example=example_input,
+                                      learn_negative=learn_negative)
+    shape = getattr(source, "input_shape", None)
+    if shape is not None:
+        result.input_shape = tuple(shape)
+    result.prepare_report = {
+        "activations": report_sites, "maxpool_swapped": swapped, "levels": levels, "granularity": granularity,
+        "calibration": None if calibration is None else {"method": method, "percentile": percentile},
+        "learn_negative": learn_negative, "rebuilt_as": rebuilt,
+    }
+    return result.eval()
+
+
+def _check_prepare_args(model, *, levels, granularity, method, percentile, maxpool, init_threshold) -> nn.Module:
+    """The model (loaded when given as a file), after checking prepare's options; raises on the first bad one."""
     if isinstance(model, (str, os.PathLike)):
         from ann2snn.checkpoint import load_qann
 
@@ -279,76 +409,11 @@ def prepare(model: nn.Module | str | os.PathLike, calibration: Any = None, *, le
         raise Ann2SnnError(f"maxpool must be 'avg' (swap for average pooling) or 'keep', got {maxpool!r}")
     if init_threshold is not None and init_threshold <= 0:
         raise Ann2SnnError(f"init_threshold must be > 0, got {init_threshold!r}")
-
-    source = model
-    model = copy.deepcopy(model).eval()
-    gm = symbolic_trace(model)
-    sites = _observe_activations(gm)
-    if not sites:
-        kind = "already a QANN (it has QCFS layers)" if qcfs_modules(model) else "it has no ReLU"
-        raise Ann2SnnError(f"nothing to prepare: {kind}; prepare takes a ReLU ANN (train one with act='relu')")
-    swapped = _swap_maxpool(gm) if maxpool == "avg" else []
-    gm.graph.lint()
-    gm.recompile()
-
-    device = _device(gm)
-    observers = {s.node: gm.get_submodule(s.node) for s in sites}
-    dim = None if granularity == "layer" else 1
-    with torch.no_grad():
-        if calibration is not None:
-            data, n = _as_batches(calibration, batch_size)
-            if n == 0:
-                raise Ann2SnnError("calibration data is empty; pass some training images")
-            for obs in observers.values():
-                obs.calibrator = Calibrator(method=method, percentile=percentile, dim=dim, num_samples=n)
-            for xb in _iter(data, batch_size):
-                gm(xb.to(device))
-        else:
-            from ann2snn.network import example_input_for
-
-            gm(example_input_for(source, example_input).to(device))
-
-    report_sites = []
-    for s in sites:
-        obs = observers[s.node]
-        if obs.shape is None:
-            raise Ann2SnnError(f"activation {s.node!r} ({s.source}) was not reached by the calibration/example input")
-        channels = obs.shape[1] if len(obs.shape) > 1 else 1
-        default = 6.0 if s.kind == "relu6" else (init_threshold or _DEFAULT_THRESHOLD["relu"])
-        if obs.calibrator is not None:
-            theta = obs.calibrator.thresholds()
-            positive_vals = theta[theta > 0]
-            fallback = float(positive_vals.max()) if len(positive_vals) else default
-            theta = torch.where(theta > _MIN_THRESHOLD, theta, torch.full_like(theta, fallback))
-            if s.kind == "relu6":
-                theta = theta.clamp(max=6.0)
-        else:
-            theta = torch.full((1 if granularity == "layer" else channels,), default)
-        q = QCFS(levels, shift=shift, granularity=granularity, positive=positive, init_threshold=float(theta.max()),
-                 num_channels=None if granularity == "layer" else channels)
-        _set_threshold(q, theta)
-        gm.add_submodule(s.node, q.to(device))
-        report_sites.append({"name": s.node, "replaced": s.source, "kind": s.kind, "channels": q.num_channels,
-                             "threshold_min": float(theta.min()), "threshold_mean": float(theta.mean()),
-                             "threshold_max": float(theta.max())})
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-
-    result, rebuilt = _rebuild_in_zoo(source, gm, levels=levels, granularity=granularity, positive=positive,
-                                      shift=shift, swapped=bool(swapped), example=example_input)
-    shape = getattr(source, "input_shape", None)
-    if shape is not None:
-        result.input_shape = tuple(shape)
-    result.prepare_report = {
-        "activations": report_sites, "maxpool_swapped": swapped, "levels": levels, "granularity": granularity,
-        "calibration": None if calibration is None else {"method": method, "percentile": percentile},
-        "rebuilt_as": rebuilt,
-    }
-    return result.eval()
+    return model
 
 
-def _rebuild_in_zoo(source: nn.Module, gm: fx.GraphModule, *, levels, granularity, positive, shift, swapped,
-                    example) -> tuple[nn.Module, str | None]:
+def _rebuild_in_zoo(source: nn.Module, gm: fx.GraphModule, sites: list[_Site], *, levels, granularity, positive,
+                    shift, swapped, example, learn_negative) -> tuple[nn.Module, str | None]:
     """The zoo's own QCFS model with ``gm``'s weights when it computes exactly what ``gm`` does, else ``gm``."""
     from ann2snn import models
 
@@ -357,6 +422,11 @@ def _rebuild_in_zoo(source: nn.Module, gm: fx.GraphModule, *, levels, granularit
         return gm, None
     kw = dict(getattr(source, "arch_kwargs", {}) or {})
     kw.update(act="qcfs", levels=levels, granularity=granularity, positive=positive, shift=shift)
+    slopes = {s.slope for s in sites if s.kind == "leaky"}
+    if len(slopes) == 1:  # a zoo LeakyReLU ANN: one slope, every activation signed (else the check below fails)
+        kw.update(act="signed", alpha=slopes.pop())
+        if learn_negative:
+            kw["learn_negative"] = True
     if swapped and kw.get("pool") == "max":
         kw["pool"] = "avg"
     try:

@@ -8,36 +8,17 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
 from ann2snn.errors import Ann2SnnError
+from ann2snn.plots import figure_png, mode_results, plot_eval, plot_threshold_histogram, pyplot
+
+# pyplot and figure_png live in ann2snn.plots (shared with evaluate and inspect); importable from here as before
 
 __all__ = ["pyplot", "figure_png", "render_html", "write_report", "headline"]
-
-
-def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend, or a one-line error saying how to install it."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise Ann2SnnError("plots need matplotlib: pip install 'ann2snn[plot]' (or matplotlib)") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def figure_png(fig) -> bytes:
-    """A matplotlib figure as PNG bytes (the figure is closed)."""
-    plt = pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 # --- HTML pieces ----------------------------------------------------------------------------------------
@@ -100,49 +81,86 @@ def _kv(d: dict[str, Any]) -> str:
 
 # --- per-kind sections ----------------------------------------------------------------------------------
 def _eval_section(m: dict[str, Any], *, images: bool) -> str:
-    out = []
-    levels = m.get("levels", [])
-    qacc = m.get("qann_accuracy")
-    e_rows = {r["T"]: r for r in m.get("energy", {}).get("per_T", [])}
-    rows, hl = [["QANN", "-", _pct(qacc), "-", "-", "-", "-"]], []
-    for i, r in enumerate(m.get("per_T", [])):
-        e = e_rows.get(r["T"], {})
-        rows.append(["SNN" + (" (T = L)" if r["T"] in levels else ""), r["T"], _pct(r["snn_accuracy"]),
-                     f"{r['delta_pp']:+.2f} pp", _pct(r["agreement"]), e.get("sops", "-"), e.get("ratio", "-")])
-        if r["T"] in levels:
-            hl.append(i + 1)
-    out.append(f"<h3>Accuracy at every T ({_esc(m.get('dataset'))}, {_fmt(m.get('samples'))} samples, "
-               f"L = {_esc(', '.join(map(str, levels)))})</h3>")
-    out.append(_table(["model", "T", "accuracy", "vs QANN", "same prediction as QANN", "SOPs / sample",
-                       "E_SNN / E_ANN"], rows, highlight=hl))
-    Ts = m.get("T_list", [])
-    fr = m.get("firing_rates", [])
-    if fr:
-        out.append("<h3>Firing rates (spikes per neuron per step)</h3>")
-        out.append(_table(["layer", "kind", "neurons"] + [f"T={t}" for t in Ts],
-                          [[f["name"], f["kind"], f["neurons"]] + [round(r, 4) for r in f["rates"]] for f in fr]))
-    en = m.get("energy")
-    if en:
-        c = en.get("constants", {})
-        out.append(f"<h3>Operations per sample (E_MAC = {c.get('e_mac_pj')} pJ, E_AC = {c.get('e_ac_pj')} pJ; "
-                   f"ANN: {_fmt(en.get('ann_macs'))} MACs = {_fmt(en.get('ann_energy_pj', 0) / 1e6)} µJ)</h3>")
-        out.append(_table(["layer", "kind", "input", "ANN MACs"] + [f"SNN ops T={t}" for t in Ts],
-                          [[r["name"], r["kind"], "analog (MAC every step)" if r["analog_input"] else "spikes",
-                            r["macs"]] + [(mac if r["analog_input"] else sop)
-                                          for mac, sop in zip(r["snn_macs"], r["sops"])] for r in en["layers"]]))
+    modes = mode_results(m)
+    out = [_mode_section(m, mode, r) for mode, r in modes.items()]
+    tol = m.get("exact_tolerance")
+    if tol:
+        out.append(f"<p class=meta>Exact logits: {_esc(tol['rule'])}, rtol = {_esc(tol['rtol'])} — equal up to float "
+                   "rounding and ties on a quantization boundary.</p>")
+    out.append(_activity_tables(modes, m.get("T_list", [])))
     th = m.get("thresholds")
     if th:
         out.append("<h3>QCFS thresholds</h3>")
         out.append(_threshold_table(th))
     if images:
-        from ann2snn.evaluate import plot_eval
-
-        out.append(_img(figure_png(plot_eval(m)), "accuracy, firing rates and energy vs T"))
+        out.append(_img(figure_png(plot_eval(m)), "accuracy, agreement, exact logits, firing rates and energy vs T"))
         if th:
-            from ann2snn.inspect import plot_threshold_histogram
-
             out.append(_img(figure_png(plot_threshold_histogram(th)), "threshold histograms"))
     return "".join(out)
+
+
+def _activity_tables(modes: dict[str, dict[str, Any]], Ts: list[int]) -> str:
+    """Firing rates and operations per layer, one row per layer and mode (a mode column when there are several)."""
+    many = len(modes) > 1
+
+    def tag(mode: str) -> list[str]:
+        return [mode] if many else []
+
+    out = []
+    fr = [(mode, f) for mode, r in modes.items() for f in r.get("firing_rates", [])]
+    if fr:
+        out.append("<h3>Firing rates (spikes per neuron per step)</h3>")
+        out.append(_table(tag("mode") + ["layer", "kind", "neurons"] + [f"T={t}" for t in Ts],
+                          [tag(mode) + [f["name"], f["kind"], f["neurons"]] + [round(v, 4) for v in f["rates"]]
+                           for mode, f in fr]))
+    en = [(mode, r["energy"]) for mode, r in modes.items() if r.get("energy")]
+    if en:
+        first = en[0][1]
+        c = first.get("constants", {})
+        out.append(f"<h3>Operations per sample (E_MAC = {c.get('e_mac_pj')} pJ, E_AC = {c.get('e_ac_pj')} pJ; "
+                   f"ANN: {_fmt(first.get('ann_macs'))} MACs = {_fmt(first.get('ann_energy_pj', 0) / 1e6)} µJ)</h3>")
+        rows = []
+        for mode, e in en:
+            for r in e["layers"]:
+                analog = r["analog_input"]
+                rows.append(tag(mode) + [r["name"], r["kind"], "analog (MACs each step with input)" if analog
+                                         else "spikes", r["macs"]]
+                            + [(mac if analog else sop) for mac, sop in zip(r["snn_macs"], r["sops"])])
+        out.append(_table(tag("mode") + ["layer", "kind", "input", "ANN MACs"] + [f"SNN ops T={t}" for t in Ts],
+                          rows))
+    return "".join(out)
+
+
+def _mode_section(m: dict[str, Any], mode: str, r: dict[str, Any]) -> str:
+    """One time convention's accuracy table and the steps from which agreement / exact logits hold."""
+    levels = m.get("levels", [])
+    e_rows = {e["T"]: e for e in r.get("energy", {}).get("per_T", [])}
+    rows, hl = [["QANN", "-", _pct(m.get("qann_accuracy")), "-", "-", "-", "-", "-"]], []
+    for i, row in enumerate(r.get("per_T", [])):
+        e = e_rows.get(row["T"], {})
+        rows.append(["SNN" + (" (T = L)" if row["T"] in levels else ""), row["T"], _pct(row["snn_accuracy"]),
+                     f"{row['delta_pp']:+.2f} pp", _pct(row["agreement"]), _pct(row.get("exact_logits")),
+                     e.get("sops", "-"), e.get("ratio", "-")])
+        if row["T"] in levels:
+            hl.append(i + 1)
+    out = [f"<h3>Accuracy at every T, {_esc(mode)} mode ({_esc(m.get('dataset'))}, {_fmt(m.get('samples'))} samples, "
+           f"L = {_esc(', '.join(map(str, levels)))})</h3>",
+           _table(["model", "T", "accuracy", "vs QANN", "same prediction as QANN", "exact logits", "SOPs / sample",
+                   "E_SNN / E_ANN"], rows, highlight=hl)]
+    ex = r.get("exactness")
+    if ex:
+        T_max = len(r["curve"]["T"])
+        out.append(_table(["stays from step (per sample)", "every sample from", "median", "max",
+                           f"samples not there by T = {T_max}"],
+                          [[what, _step(s["step_all"]), "> T_max" if s["median"] is None else _fmt(s["median"]),
+                            _step(s["max"]), s["never"]]
+                           for what, s in (("exact logits", ex["exact_logits"]),
+                                           ("same prediction as QANN", ex["agreement"]))]))
+    return "".join(out)
+
+
+def _step(v: Any) -> str:
+    return "not reached" if v is None else _fmt(v)
 
 
 def _threshold_table(rows: list[dict[str, Any]]) -> str:
@@ -217,9 +235,16 @@ def headline(rec: dict[str, Any]) -> str:
     """A one-line summary of a record's metrics (used by ``ann2snn runs`` and the report index)."""
     m = rec.get("metrics", {}) or {}
     if rec.get("kind") == "eval" and "per_T" in m:
-        best = max(m["per_T"], key=lambda r: r["snn_accuracy"])
-        return (f"QANN {_pct(m.get('qann_accuracy'))}, SNN best {_pct(best['snn_accuracy'])} at T={best['T']} "
-                f"({m.get('dataset')})")
+        modes = mode_results(m)
+        best = {mode: max(r["per_T"], key=lambda row: row["snn_accuracy"]) for mode, r in modes.items()}
+        named = len(modes) > 1 or "rate" not in modes
+        snn = ", ".join(f"{mode + ' ' if named else ''}{_pct(b['snn_accuracy'])} at T={b['T']}"
+                        for mode, b in best.items())
+        steps = {mode: (r.get("exactness") or {}).get("exact_logits", {}).get("step_all") for mode, r in modes.items()}
+        steps = {mode: s for mode, s in steps.items() if s is not None}
+        exact = "".join(f"; exact logits from t={s}" + (f" ({mode})" if len(steps) > 1 else "")
+                        for mode, s in steps.items())
+        return f"QANN {_pct(m.get('qann_accuracy'))}, SNN best {snn}{exact} ({m.get('dataset')})"
     parts = []
     for k in ("test_accuracy", "qann_accuracy", "accuracy", "T", "if_neurons", "latency_ms", "throughput"):
         v = m.get(k)
@@ -231,7 +256,7 @@ def headline(rec: dict[str, Any]) -> str:
 def write_report(records: list[dict[str, Any]], path: str | os.PathLike, *, title: str = "ann2snn report",
                  force: bool = False, images: bool = True) -> Path:
     """Render :func:`render_html` to ``path`` atomically (refuses to overwrite without ``force``)."""
-    from ann2snn.checkpoint import atomic_write
+    from ann2snn.files import atomic_write
 
     page = render_html(records, title=title, images=images)
     out = atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"), force=force)

@@ -81,7 +81,8 @@ def record_conversion(model_path: str | os.PathLike, snn, outputs: list[str | os
     """Write the run record of ``ann2snn convert``: its options, the pass counts and any ONNX verification."""
     metrics = {"T": snn.T, "input_shape": list(snn.input_shape), "stateful_operators": len(snn.stateful()),
                **(snn.report.counts() if snn.report is not None else {}),
-               "levels": snn.info.get("levels"), "neuron_kinds": snn.info.get("neuron_kinds")}
+               "levels": list(snn.info.levels), "neuron_kinds": list(snn.info.neuron_kinds),
+               "mode": snn.info.convention, "schedule_length": snn.info.schedule_length}
     if verification:
         metrics["verification"] = verification
     return write_record("convert", config={"model": str(model_path), **config}, metrics=metrics,

@@ -2,22 +2,24 @@
 
 >>> from ann2snn.runtime import StatefulRunner
 >>> runner = StatefulRunner("model.snn.step.onnx", provider="auto")
->>> logits_per_t = runner.run(x, T=4)      # [T, B, K] running means, state kept on the device under CUDA
+>>> logits_per_t = runner.run(x, T=4)      # [T, B, K] logits after t steps, state kept on the device under CUDA
+
+Names and metadata come from :mod:`ann2snn.exporters.contract`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ann2snn.errors import Ann2SnnError
+from ann2snn.exporters.contract import FORMAT_STATEFUL, INPUT, LOGITS_T, StateSpec, read_metadata, readout_counts
 
-__all__ = ["cuda_usable", "make_session", "model_metadata", "StatefulRunner", "PROVIDERS"]
+__all__ = ["cuda_usable", "make_session", "StatefulRunner", "PROVIDERS"]
 
 PROVIDERS = ("auto", "cuda", "cpu")
 _CUDA, _CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -99,46 +101,58 @@ def make_session(model: str | os.PathLike | bytes, *, provider: str = "auto", th
     return sess, used
 
 
-def model_metadata(sess) -> dict[str, str]:
-    """The model's ``metadata_props`` as a dict."""
-    return dict(sess.get_modelmeta().custom_metadata_map)
-
-
 class StatefulRunner:
     """Drive a stateful (one-step) ONNX graph for T steps.
 
-    The states' names, shapes and initial values come from the model's ``ann2snn.states`` metadata (also in
-    the sidecar JSON). Under CUDA the states are bound with IOBinding as device OrtValues and fed back without
-    leaving the GPU; only the per-step logits are copied to the host.
+    Every state is driven the same way, whatever operator owns it: its names, per-sample shape and initial value
+    come from the model's metadata (:class:`~ann2snn.exporters.contract.StateSpec`, also in the sidecar JSON), so a
+    new kind of stateful operator needs nothing here; that includes the exact schedule's step counter, with which
+    the graph itself stops its input and constants after step L. The time convention comes from the metadata
+    (:attr:`convention`, :attr:`schedule_length`) and sets the read-out: the logits after t steps are the sum of
+    ``logits_t`` over steps 1..t divided by t (rate) or ``min(t, L)`` (exact).
+
+    Under CUDA the states are bound with IOBinding as device OrtValues and fed back without leaving the GPU;
+    only the per-step logits are copied to the host.
 
     Args:
         model: path (or bytes) of the stateful ONNX file.
         provider: ``auto`` | ``cuda`` | ``cpu`` (see :func:`make_session`).
+        states: override the states recorded in the file (specs or their JSON form).
     """
 
     def __init__(self, model: str | os.PathLike | bytes, *, provider: str = "auto", threads: int | None = None,
-                 states: list[dict[str, Any]] | None = None) -> None:
+                 states: Sequence[StateSpec | Mapping[str, Any]] | None = None) -> None:
         self.session, self.provider = make_session(model, provider=provider, threads=threads)
-        meta = model_metadata(self.session)
-        if meta.get("ann2snn.format") != "stateful":
-            raise Ann2SnnError(f"{'the model' if isinstance(model, bytes) else repr(str(model))} is not an ann2snn "
-                               f"stateful ONNX file (format {meta.get('ann2snn.format')!r}); export with "
-                               "--format stateful")
-        self.states = states if states is not None else json.loads(meta.get("ann2snn.states", "[]"))
-        self.T = int(meta.get("ann2snn.T", "1"))
-        self.encoding = meta.get("ann2snn.encoding", "direct")
+        where = "the model" if isinstance(model, bytes) else repr(str(model))
+        self.metadata = read_metadata(self.session)
+        if self.metadata.format != FORMAT_STATEFUL:
+            raise Ann2SnnError(f"{where} is not an ann2snn stateful ONNX file (format {self.metadata.format!r}); "
+                               "export with --format stateful")
+        self.states: tuple[StateSpec, ...] = self.metadata.states if states is None else tuple(
+            s if isinstance(s, StateSpec) else StateSpec.from_json(s) for s in states)
+        self.T = self.metadata.T
+        self.encoding = self.metadata.encoding
         self._device = "cuda" if self.provider == "cuda" else "cpu"
 
+    @property
+    def convention(self) -> str:
+        """``"rate"`` or ``"exact"``: the time convention the file was exported for."""
+        return self.metadata.convention
+
+    @property
+    def schedule_length(self) -> int | None:
+        """L of the exact convention (None under rate)."""
+        return self.metadata.schedule_length
+
     def initial_state(self, batch: int) -> dict[str, np.ndarray]:
+        """Every state's initial value for ``batch`` samples, by input name."""
         out = {}
         for s in self.states:
-            shape = (batch, *s["shape"])
-            init = s["init"]
-            if "fill" in init:
-                out[s["input"]] = np.full(shape, init["fill"], dtype=np.float32)
+            shape = (batch, *s.shape)
+            if s.fill is not None:
+                out[s.input] = np.full(shape, s.fill, dtype=np.float32)
             else:
-                out[s["input"]] = np.ascontiguousarray(
-                    np.broadcast_to(np.asarray(init["values"], dtype=np.float32), shape))
+                out[s.input] = np.ascontiguousarray(np.broadcast_to(np.asarray(s.values, dtype=np.float32), shape))
         return out
 
     def run_instant(self, x: np.ndarray, T: int | None = None) -> np.ndarray:
@@ -157,19 +171,21 @@ class StatefulRunner:
         outs = []
         for t in range(T):
             b = self.session.io_binding()
-            b.bind_ortvalue_input("input", xs[t])
+            b.bind_ortvalue_input(INPUT, xs[t])
             for s in self.states:
-                b.bind_ortvalue_input(s["input"], states[s["input"]])
-            b.bind_output("logits_t", dev)
+                b.bind_ortvalue_input(s.input, states[s.input])
+            b.bind_output(LOGITS_T, dev)
             for s in self.states:
-                b.bind_output(s["output"], dev)
+                b.bind_output(s.output, dev)
             self.session.run_with_iobinding(b)
             vals = b.get_outputs()
             outs.append(vals[0].numpy())
-            states = {s["input"]: v for s, v in zip(self.states, vals[1:])}
+            states = {s.input: v for s, v in zip(self.states, vals[1:])}
         return np.stack(outs)
 
     def run(self, x: np.ndarray, T: int | None = None) -> np.ndarray:
-        """Logits at every t = 1..T (running mean of ``logits_t``), ``[T, B, K]``."""
+        """Logits at every t = 1..T, ``[T, B, K]``: the sum of ``logits_t`` over steps 1..t divided by ``N(t)``
+        (t under rate, min(t, L) under exact)."""
         inst = self.run_instant(x, T)
-        return np.cumsum(inst, 0) / np.arange(1, inst.shape[0] + 1, dtype=np.float32).reshape(-1, 1, 1)
+        n = np.asarray(readout_counts(inst.shape[0], self.convention, self.schedule_length), dtype=np.float32)
+        return np.cumsum(inst, 0) / n.reshape(-1, *([1] * (inst.ndim - 1)))

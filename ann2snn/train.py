@@ -6,6 +6,7 @@ last, atomic), resume, run records and DistributedDataParallel under ``torchrun`
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,8 @@ class TrainConfig:
     ``batch_size`` is per process; under ``torchrun`` the global batch is ``batch_size × world size``.
     The best (highest test accuracy in the last stage) model goes to ``output``, the last one, with the
     optimizer state for ``resume``, to ``output`` with suffix ``.last.pt``.
+    ``act``: ``"qcfs"`` (QANN), ``"relu"`` (plain ANN), ``"signed"`` (SignedQCFS QANN with θ_n = ``alpha``·θ_p, or
+    θ_n learned with ``learn_negative``) or ``"leaky"`` (plain ``LeakyReLU(alpha)`` ANN, for ``prepare``).
     """
 
     arch: str | None = None
@@ -113,6 +116,8 @@ class TrainConfig:
     softplus: bool = True
     init_threshold: float = 2.0
     act: str = "qcfs"
+    alpha: float = 0.1
+    learn_negative: bool = False
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
     batch_size: int = 128
@@ -145,6 +150,11 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
+#: ``act`` values: QANNs (QCFS, SignedQCFS) and the plain ANNs (ReLU, LeakyReLU) that ``prepare`` turns into them.
+_ACTS = ("qcfs", "relu", "signed", "leaky")
+_PLAIN_ACTS = ("relu", "leaky")
+
+
 def _check_config(cfg: TrainConfig) -> None:
     def bad(msg):
         raise Ann2SnnError(msg)
@@ -155,8 +165,12 @@ def _check_config(cfg: TrainConfig) -> None:
         bad(f"--levels must be a positive integer (QCFS quantization levels L), got {cfg.levels!r}")
     if cfg.granularity not in ("layer", "channel", "neuron"):
         bad(f"--granularity must be layer, channel or neuron, got {cfg.granularity!r}")
-    if cfg.act not in ("qcfs", "relu"):
-        bad(f"--act must be qcfs or relu, got {cfg.act!r}")
+    if cfg.act not in _ACTS:
+        bad(f"--act must be one of {', '.join(_ACTS)}, got {cfg.act!r}")
+    if isinstance(cfg.alpha, bool) or not isinstance(cfg.alpha, (int, float)) or not 0 < cfg.alpha < math.inf:
+        bad(f"--alpha (the LeakyReLU slope, θ_n/θ_p of a signed QCFS) must be a number > 0, got {cfg.alpha!r}")
+    if cfg.learn_negative and cfg.act != "signed":
+        bad(f"--learn-negative learns the negative threshold of a signed QCFS; it needs --act signed, not {cfg.act}")
     if cfg.optimizer not in OPTIMIZERS:
         bad(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     if cfg.epochs <= 0 and cfg.two_stage is None:
@@ -170,8 +184,8 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.two_stage is not None:
         if len(cfg.two_stage) != 2 or any((not isinstance(e, int)) or e <= 0 for e in cfg.two_stage):
             bad(f"--two-stage takes two positive epoch counts E1,E2, got {cfg.two_stage!r}")
-        if cfg.act == "relu":
-            bad("--two-stage trains QCFS thresholds; it does not apply to --act relu")
+        if cfg.act in _PLAIN_ACTS:
+            bad(f"--two-stage trains QCFS thresholds; it does not apply to --act {cfg.act}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         bad(f"--device must be auto, cpu or cuda[:N], got {cfg.device!r}")
 
@@ -253,10 +267,11 @@ def _build_model(cfg: TrainConfig, data, *, granularity: str) -> tuple[nn.Module
         model = load_qann(cfg.from_ann)
         if cfg.arch is not None and getattr(model, "arch_name", None) not in (None, cfg.arch):
             raise Ann2SnnError(f"--from-ann {cfg.from_ann!r} is a {model.arch_name!r}, not --arch {cfg.arch!r}")
-        if cfg.act == "qcfs" and not qcfs_modules(model):
+        if cfg.act not in _PLAIN_ACTS and not qcfs_modules(model):  # ReLU -> QCFS, LeakyReLU -> SignedQCFS
             model = prepare(model, data.x_train[:cfg.calibration_samples], levels=cfg.levels,
                             granularity=granularity if granularity != "neuron" else "channel",
-                            positive="softplus" if cfg.softplus else "none", percentile=cfg.percentile)
+                            positive="softplus" if cfg.softplus else "none", percentile=cfg.percentile,
+                            learn_negative=cfg.learn_negative)
         return model, None
     builder = models.available().get(cfg.arch)
     kw = dict(cfg.arch_kwargs)
@@ -266,11 +281,15 @@ def _build_model(cfg: TrainConfig, data, *, granularity: str) -> tuple[nn.Module
             kw.setdefault("num_classes", data.num_classes)
         if "in_channels" in params:
             kw.setdefault("in_channels", data.input_shape[0])
-    if cfg.act == "relu":
-        kw["act"] = "relu"
-    else:
+    if cfg.act != "qcfs":
+        kw["act"] = cfg.act
+    if cfg.act in ("signed", "leaky"):
+        kw["alpha"] = cfg.alpha
+    if cfg.act not in _PLAIN_ACTS:
         kw.update(levels=cfg.levels, granularity=granularity, positive="softplus" if cfg.softplus else "none",
                   init_threshold=cfg.init_threshold)
+        if cfg.learn_negative:
+            kw["learn_negative"] = True
     return models.create(cfg.arch, **kw), None
 
 
@@ -377,7 +396,8 @@ def train(cfg: TrainConfig, *, progress: Callable[..., None] | None = None) -> T
             start = stage_ends[s] - epochs
             if done >= stage_ends[s]:
                 continue
-            if cfg.act == "qcfs" and gran != "layer" and any(q.granularity == "layer" for _, q in qcfs_modules(model)):
+            layerwise = any(q.granularity == "layer" for _, q in qcfs_modules(model))
+            if cfg.act not in _PLAIN_ACTS and gran != "layer" and layerwise:
                 if dist.main and s > 0:  # keep the layer-wise stage-1 result
                     ann2snn.save(model, best_path.with_name(best_path.name.removesuffix(".pt") + ".stage1.pt"),
                                  meta={"dataset": cfg.data, "stage": s, "test_accuracy": test_acc}, force=True)

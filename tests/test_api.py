@@ -18,3 +18,10 @@ def test_import_does_not_pull_cli_dependencies():
             "print(','.join(bad)); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"import ann2snn imported: {r.stdout.strip()} {r.stderr[-500:]}"
+
+
+def test_version_has_one_home():
+    from ann2snn import _version
+
+    # package modules read the version from ann2snn._version (importing ann2snn from inside it is a cycle)
+    assert ann2snn.__version__ == _version.__version__

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from helpers import randomize
 
 import ann2snn
 from ann2snn.errors import CheckpointError
+from ann2snn.files import atomic_write
+from ann2snn.network import ConversionInfo
 
 
 def test_qann_round_trip(tmp_path):
@@ -31,6 +35,46 @@ def test_snn_round_trip_rebuilds_the_same_network(tmp_path):
     assert isinstance(back, ann2snn.SpikingNetwork) and back.T == 3
     x = torch.randn(4, 1, 8, 8)
     torch.testing.assert_close(back.simulate(x, 8), snn.simulate(x, 8))
+
+
+def test_conversion_info_is_typed_and_frozen():
+    qann = randomize(ann2snn.models.create("digits-cnn", levels=4))
+    info = ann2snn.convert(qann, T=3).info
+    assert isinstance(info, ConversionInfo)
+    assert info.levels == (4,) and info.shift == 0.5 and info.neuron_kinds == ("if",) and info.maxpool == "spiking"
+    assert info.arch == "digits-cnn" and info.convention == "rate" and info.schedule_length is None
+    assert info.qann_payload["arch"] == "digits-cnn" and info.qann_payload["input_shape"] == [1, 8, 8]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.levels = (8,)
+    # the dict-style read kept for callers not yet moved to attributes
+    assert info.get("levels") == (4,) and info.get("no_such_key", "d") == "d"
+
+
+def test_exact_snn_round_trip_keeps_its_convention(tmp_path):
+    qann = randomize(ann2snn.models.create("digits-cnn", levels=4))
+    snn = ann2snn.convert(qann, T=6, convention="exact")
+    assert snn.info.convention == "exact" and snn.info.schedule_length == 4
+    back = ann2snn.load(ann2snn.save(snn, tmp_path / "e.snn.pt"))
+    assert back.info.convention == "exact" and back.info.schedule_length == 4
+    assert back.info == snn.info  # every field but the payload, which is compared below
+    assert back.info.qann_payload["state_dict"].keys() == snn.info.qann_payload["state_dict"].keys()
+    x = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(back.simulate(x, 10), snn.simulate(x, 10))
+
+
+def test_snn_file_without_convention_reads_as_rate(tmp_path):
+    qann = randomize(ann2snn.models.create("digits-cnn", levels=4))
+    path = ann2snn.save(ann2snn.convert(qann, T=3), tmp_path / "old.snn.pt")
+    payload = torch.load(path, weights_only=True)
+    assert payload["convert"]["convention"] == "rate"
+    del payload["convert"]["convention"]  # as written before time conventions existed
+    torch.save(payload, path)
+    back = ann2snn.load(path)
+    assert back.info.convention == "rate" and back.T == 3
+
+
+def test_atomic_write_lives_in_files():
+    assert ann2snn.checkpoint.atomic_write is atomic_write  # the old import path keeps working
 
 
 def test_existing_file_is_not_overwritten_without_force(tmp_path):

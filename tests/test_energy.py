@@ -9,7 +9,7 @@ from torch import nn
 import ann2snn
 from ann2snn.energy import ActivityMonitor, EnergyModel, fanout_map, layer_macs
 from ann2snn.errors import Ann2SnnError
-from ann2snn.layers import QCFS
+from ann2snn.layers import QCFS, SignedQCFS
 from ann2snn.simulator import run_steps
 
 
@@ -72,6 +72,50 @@ def test_operation_counts_and_energy_by_hand():
     assert once.summary([4])["per_T"][0]["snn_macs"] == 6
     with pytest.raises(Ann2SnnError, match="outside"):
         mon.summary([5])
+
+
+def _signed_hand_model() -> nn.Module:
+    """x = (1, -0.5) -> z = (1, 0, -0.5) -> signed quantizer (L = 2, θ_p = θ_n = 1) -> Linear(3, 4).
+
+    Rate convention (bipolar neuron, no bounds, v0 = 0.5): z = 1 fires +1 every step, z = 0 never, z = −0.5 fires
+    −1 at t = 2, 4 (v = 0, −0.5 → −1 and back to 0.5, ...): 1, 2, 1, 2 events per step.
+    """
+    net = _hand_model()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]))
+    net[1] = SignedQCFS(2, alpha=1.0, positive="none", init_threshold=1.0)
+    return net.eval()
+
+
+def _monitor(snn, x, T):
+    mon = ActivityMonitor(snn.graph_module, T)
+    run_steps(snn.graph_module, x, T, observer=mon, schedule=snn.schedule)
+    mon.add_samples(len(x))
+    return mon
+
+
+def test_bipolar_spikes_count_as_events_of_either_sign():
+    snn = ann2snn.convert(_signed_hand_model(), T=4)
+    assert [m.kind for _, m in snn.stateful()] == ["bipolar"]
+    x = torch.tensor([[1.0, -0.5], [1.0, -0.5]])
+    mon = _monitor(snn, x, 4)
+    (rates,) = mon.firing_rates([1, 2, 3, 4])
+    assert rates["kind"] == "bipolar" and rates["spikes_per_sample"] == [1, 3, 4, 6]
+    last = mon.summary([1, 2, 3, 4])["layers"][1]
+    assert last["sops"] == pytest.approx([4, 12, 16, 24])  # events × fan-out 4, whatever the spike's sign
+
+
+def test_exact_convention_costs_analog_macs_only_while_the_input_is_injected():
+    snn = ann2snn.convert(_signed_hand_model(), T=4, convention="exact")
+    x = torch.tensor([[1.0, -0.5], [1.0, -0.5]])
+    mon = _monitor(snn, x, 4)
+    s = mon.summary([1, 2, 3, 4])
+    first, last = s["layers"]
+    assert first["analog_input"] and first["snn_macs"] == [6, 12, 12, 12]  # L = 2: input for t <= 2 only
+    assert [r["snn_macs"] for r in s["per_T"]] == [6, 12, 12, 12]
+    # bounded bipolar neuron: +1 at t = 1, 2 (count 2 = L), −1 at t = 2; nothing once the input stops
+    assert mon.firing_rates([4])[0]["spikes_per_sample"] == [3]
+    assert last["sops"] == pytest.approx([4, 12, 12, 12])
 
 
 def test_conv_sops_equal_spikes_times_fanout():

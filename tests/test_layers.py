@@ -91,3 +91,22 @@ def test_affine_is_linear():
     a = ann2snn.Affine(torch.tensor([2.0, 3.0]).reshape(1, 2), torch.tensor([1.0, -1.0]).reshape(1, 2))
     assert a(torch.ones(1, 2)).tolist() == [[3.0, 2.0]]
     assert isinstance(a, nn.Module)
+
+
+def test_to_unit_reads_qcfs_in_threshold_units():
+    """θ ⊙ q.to_unit()(z/θ) == q(z) for per-channel θ: a fixed layer-wise QCFS with θ = 1, levels and shift kept."""
+    g = torch.Generator().manual_seed(4)
+    q = QCFS(4, shift=0.25, granularity="channel", num_channels=3)
+    q.lam.data.copy_(inverse_softplus(torch.rand(3, generator=g) * 2 + 0.3))
+    unit = q.to_unit()
+    assert type(unit) is QCFS and not unit.signed and not q.signed
+    assert (unit.levels, unit.shift, unit.granularity, unit.positive) == (4, 0.25, "layer", "none")
+    assert torch.equal(unit.threshold, torch.ones(1)) and not unit.lam.requires_grad
+    assert list(unit.state_dict()) == ["lam"]
+    theta = q.broadcast_threshold(4).detach()
+    z = (torch.rand(32, 3, 4, 4, generator=g) * 1.6 - 0.3) * theta
+    a = z * (4 / theta) + 0.25
+    away = (a - a.round()).abs() > 1e-4  # z/θ·L and z·(L/θ) may round to different sides of a boundary
+    assert away.float().mean() > 0.99
+    got = theta * unit(z / theta)
+    assert torch.equal(got[away], q(z).detach()[away])

@@ -12,15 +12,16 @@ from torch import nn
 from torch.nn import functional as F
 
 import ann2snn
-from ann2snn.errors import ConversionError, UnsupportedNodeError
-from ann2snn.layers import QCFS, Affine
-from ann2snn.neurons import IFNeuron, SpikingMaxPool2d
+from ann2snn.errors import Ann2SnnError, ConversionError, UnsupportedNodeError
+from ann2snn.layers import QCFS, Affine, SignedQCFS
+from ann2snn.neurons import BipolarNeuron, IFNeuron, SpikingMaxPool2d
 from ann2snn.passes import (
     DEFAULT_PASSES,
+    PassResult,
     fold_batchnorm,
     normalize,
-    replace_qcfs_with_if,
     run_pipeline,
+    to_spiking,
     trace,
 )
 
@@ -72,8 +73,10 @@ def test_fold_batchnorm_folds_conv_bn_and_keeps_unfoldable_bn_as_affine():
     m = randomize(BNAfterAdd())
     x = torch.randn(4, 2, 4, 4)
     gm = trace(copy.deepcopy(m), example_input=x)  # passes edit in place; run_pipeline copies for you
-    rec = {}
-    gm = fold_batchnorm(normalize(gm), record=rec)
+    res = fold_batchnorm(normalize(gm).gm)
+    assert isinstance(res, PassResult)
+    gm, rec = res.gm, res.changes
+    assert res.counters == {"batchnorm_folded": 1, "batchnorm_kept_as_affine": 1}
     assert rec["folded"] == ["bn -> conv"] and rec["kept_as_affine"] == ["bn_in"]
     assert not _modules(gm, nn.BatchNorm2d) and len(_modules(gm, Affine)) == 1
     with torch.no_grad():
@@ -111,7 +114,7 @@ def test_replace_gives_one_neuron_per_qcfs_and_no_qcfs_left(tiny_models):
 def test_replace_without_folding_keeps_thresholds_in_the_neuron():
     qann = randomize(ann2snn.models.create("mnist-mlp", hidden=8, levels=2, granularity="neuron"))
     gm = trace(qann, example_input=_inputs(qann, 2))
-    gm = replace_qcfs_with_if(fold_batchnorm(normalize(gm)))
+    gm = to_spiking(fold_batchnorm(normalize(gm).gm).gm).gm
     neurons = _modules(gm, IFNeuron)
     assert len(neurons) == 2 and not neurons[0].unit_threshold and neurons[0].threshold.shape == (8,)
 
@@ -149,8 +152,8 @@ def test_normalize_handles_functional_calls_and_drops_dropout_and_redundant_relu
     m = Functional().eval()
     x = torch.randn(3, 1, 10, 10)
     gm = trace(copy.deepcopy(m), example_input=x)
-    rec = {}
-    gm = normalize(gm, record=rec)
+    res = normalize(gm)
+    gm, rec = res.gm, res.changes
     assert rec["relus_removed"] == 1 and rec["identities_removed"] == 1 and rec["reshapes_to_flatten"] == 1
     targets = [n.target for n in gm.graph.nodes]
     assert F.relu not in targets and torch.flatten in targets
@@ -212,7 +215,7 @@ def test_negative_threshold_is_refused():
 
 
 def test_pipeline_failure_names_the_pass_and_those_before():
-    def broken(gm, *, record):
+    def broken(gm):
         raise RuntimeError("boom")
 
     qann = ann2snn.models.create("digits-cnn", levels=2).eval()
@@ -260,3 +263,97 @@ def test_cat_of_differently_scaled_branches():
     assert report.counts()["explicit_scales"] == 0  # the 1x1 conv absorbs the concatenated per-channel scale
     assert [n.target for n in folded.graph.nodes if n.op == "call_function"].count(torch.cat) == 1
     assert operator.add not in [n.target for n in folded.graph.nodes]
+
+
+def test_report_sums_the_counters_each_pass_declares():
+    qann = randomize(ann2snn.models.create("mnist-cnn", pool="max", levels=4))
+    _, report = run_pipeline(qann, example_input=_inputs(qann, 2))
+    counts = report.counts()
+    assert counts == {k: v for p in report.passes for k, v in p.counters.items()}  # one pass per counter here
+    assert counts["if_neurons"] == counts["qcfs_found"] == 2 and counts["bipolar_neurons"] == 0
+    assert counts["spiking_maxpools"] == 2 and counts["batchnorm_folded"] == 2
+    assert report.get("replace_qcfs_with_if") is report.get("to_spiking")  # reports of the old pass names read
+    assert report.summary().startswith("relus_removed=0, identities_removed=")
+
+    def plain(gm):  # a torch.fx pass that declares nothing still runs
+        return gm
+
+    _, report = run_pipeline(qann, example_input=_inputs(qann, 2), passes=(*FOLD_PASSES, ("plain", plain)))
+    assert report.passes[-1].name == "plain" and report.passes[-1].counters == {}
+    assert "if_neurons" not in report.counts()
+
+
+def test_pass_options_old_key_and_unknown_pass():
+    qann = randomize(ann2snn.models.create("mnist-cnn", pool="max", levels=4))
+    x = _inputs(qann, 2)
+    with pytest.raises(UnsupportedNodeError, match="average pooling"):
+        run_pipeline(qann, example_input=x, options={"convert_maxpool": {"mode": "error"}})
+    with pytest.raises(ConversionError, match="unknown passes"):
+        run_pipeline(qann, example_input=x, options={"fold_everything": {}})
+    with pytest.raises(Ann2SnnError, match="convention"):
+        run_pipeline(qann, example_input=x, options={"to_spiking": {"convention": "temporal"}})
+
+
+def test_exact_convention_gives_bounded_bipolar_neurons_scaled_to_the_schedule():
+    class MixedL(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.q1 = nn.Linear(4, 6), QCFS(2, init_threshold=1.0)
+            self.fc2, self.q2 = nn.Linear(6, 5), QCFS(8, init_threshold=1.0)
+            self.fc3 = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.fc3(self.q2(self.fc2(self.q1(self.fc1(x)))))
+
+    m = randomize(MixedL())
+    gm, report = run_pipeline(m, example_input=torch.randn(4, 4), options={"to_spiking": {"convention": "exact"}})
+    neurons = _modules(gm, BipolarNeuron)
+    assert not _modules(gm, IFNeuron) and len(neurons) == 2
+    assert report.counts()["bipolar_neurons"] == 2 and report.counts()["if_neurons"] == 0
+    assert report.get("to_spiking")["schedule_length"] == 8  # the largest L
+    assert [(n.n_min, n.n_max) for n in neurons] == [(0, 2), (0, 8)]
+    # threshold-folded θ = 1, times L_s/L: a layer of 2 levels counts over 8 injected steps in steps of 4
+    assert [float(n.threshold.max()) for n in neurons] == [4.0, 1.0]
+    assert [e["kind"] for e in report.get("to_spiking")["neurons"]] == ["bipolar", "bipolar"]
+
+
+def test_signed_quantizer_folds_and_becomes_a_bipolar_neuron():
+    m = nn.Sequential(nn.Linear(4, 6), SignedQCFS(4, alpha=0.25, granularity="neuron", num_channels=6),
+                      nn.Linear(6, 3))
+    m = randomize(m, theta=(0.5, 2.0))
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    folded, _ = run_pipeline(m, example_input=x, passes=FOLD_PASSES)
+    with torch.no_grad():
+        assert bool((m(x) < m[2].bias).any())  # the sample reaches the negative side
+        torch.testing.assert_close(folded(x), m(x), rtol=1e-4, atol=1e-4)
+    for convention, bounds in (("rate", (None, None)), ("exact", (-4, 4))):
+        gm, report = run_pipeline(m, example_input=x, options={"to_spiking": {"convention": convention}})
+        (n,) = _modules(gm, BipolarNeuron)
+        assert (n.n_min, n.n_max) == bounds and n.signed
+        assert float(n.threshold) == 1.0 and float(n.neg_threshold) == pytest.approx(0.25)  # θ_n / θ_p
+        entry = report.get("to_spiking")["neurons"][0]
+        assert entry["kind"] == "bipolar" and entry["threshold"] == "1" and entry["neg_threshold"].startswith("tensor")
+
+
+def test_relu_after_a_signed_quantizer_is_refused():
+    m = nn.Sequential(nn.Linear(4, 4), SignedQCFS(4, alpha=0.5), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedNodeError, match="can be negative"):
+        ann2snn.convert(m, example_input=torch.zeros(1, 4))
+    m = nn.Sequential(nn.Linear(4, 4), QCFS(4), nn.Flatten(), nn.ReLU(), nn.Linear(4, 2))
+    _, report = run_pipeline(m, example_input=torch.zeros(1, 4))
+    assert report.counts()["relus_removed"] == 1
+
+
+def test_to_spiking_refuses_a_functional_op_it_would_have_to_skip():
+    class FunctionalPool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.q = nn.Conv2d(1, 2, 3), QCFS(4)
+
+        def forward(self, x):
+            return F.max_pool2d(self.q(self.conv(x)), 2)
+
+    gm = trace(FunctionalPool(), example_input=torch.zeros(1, 1, 6, 6))
+    with pytest.raises(ConversionError, match="run normalize first"):
+        to_spiking(gm)
+    assert isinstance(to_spiking(normalize(gm).gm).gm.get_submodule("maxpool"), SpikingMaxPool2d)

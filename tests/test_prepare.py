@@ -167,3 +167,130 @@ def test_prepare_cli(tmp_path, capsys):
     assert exc.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already exists" in err[0]
+
+
+class Leaky(nn.Module):
+    """LeakyReLU as a module and as F.leaky_relu (slope positional and keyword), digits-sized input [B, 1, 8, 8]."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.LeakyReLU(0.1)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+        self.input_shape = (1, 8, 8)
+
+    def forward(self, x):
+        x = self.act(self.c1(x))
+        x = F.avg_pool2d(F.leaky_relu(self.c2(x), 0.2), 2)
+        x = F.leaky_relu(self.c3(x), negative_slope=0.05)
+        return self.fc(torch.flatten(x, 1))
+
+
+def _signed_inputs(qann, x):
+    """Each SignedQCFS of ``qann`` with the input it sees on ``x``."""
+    seen = []
+    hooks = [q.register_forward_pre_hook(lambda m, a: seen.append((m, a[0].detach()))) for _, q in qcfs_modules(qann)]
+    with torch.no_grad():
+        qann(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_leaky_relu_becomes_signed_qcfs_with_alpha_the_slope(granularity):
+    from ann2snn.layers import SignedQCFS
+
+    torch.manual_seed(0)
+    ann = Leaky().eval()
+    x = torch.rand(48, 1, 8, 8)
+    qann = prepare(ann, x, levels=4, granularity=granularity, method="max", positive="none")
+    ops = list(_graph_ops(qann))
+    assert not [o for o in ops if isinstance(o, nn.LeakyReLU) or o in (F.leaky_relu, F.leaky_relu_)]
+    qs = [q for _, q in qcfs_modules(qann)]
+    assert all(isinstance(q, SignedQCFS) and q.negative == "alpha" for q in qs)
+    assert [q.alpha for q in qs] == [0.1, 0.2, 0.05] == [a["alpha"] for a in qann.prepare_report["activations"]]
+    assert qann.prepare_report["activations"][0]["replaced"] == "LeakyReLU module 'act'"
+    # θ_p is the calibration statistic of the positive side (here its max) of the ANN's activation, θ_n = α·θ_p
+    pre = []  # the ANN's pre-activations: the convolutions feed the three LeakyReLUs
+    hooks = [c.register_forward_hook(lambda m, i, o: pre.append(o.detach())) for c in (ann.c1, ann.c2, ann.c3)]
+    with torch.no_grad():
+        ann(x)
+    for h in hooks:
+        h.remove()
+    for q, z in zip(qs, pre):
+        rows = z.reshape(1, -1) if granularity == "layer" else z.transpose(0, 1).reshape(z.shape[1], -1)
+        top = rows.clamp(min=0).max(1).values
+        top = torch.where(top > 1e-3, top, top.max())  # a channel never positive takes the layer's largest θ
+        torch.testing.assert_close(q.threshold.detach(), top)
+        torch.testing.assert_close(q.neg_threshold.detach(), q.alpha * q.threshold.detach())
+
+
+def test_signed_qann_is_within_half_a_step_of_the_leaky_relu_on_calibration_data():
+    """Every layer: |SignedQCFS(z) − leaky_relu(z)| ≤ θ/2L (θ_n/2L below 0) wherever z is inside [−θ, θ]."""
+    torch.manual_seed(1)
+    ann = Leaky().eval()
+    x = torch.rand(64, 1, 8, 8)
+    L = 8
+    qann = prepare(ann, x, levels=L, granularity="channel", method="max")
+    for q, z in _signed_inputs(qann, x):
+        theta, theta_n = q.broadcast_threshold(4).detach(), q.broadcast_neg_threshold(4).detach()
+        err = (q(z).detach() - F.leaky_relu(z, q.alpha)).abs()
+        inside = (z >= -theta) & (z <= theta)
+        half_step = torch.where(z >= 0, theta, theta_n).expand_as(z) / (2 * L)
+        assert inside.float().mean() > 0.5
+        assert bool((err <= half_step + 1e-6)[inside].all())
+    # with many levels the whole QANN is the ANN up to the clip at −θ_n (slope-scaled, small)
+    fine = prepare(ann, x, levels=256, granularity="channel", method="max")
+    with torch.no_grad():
+        torch.testing.assert_close(fine(x), ann(x), atol=0.05, rtol=0.02)
+
+
+def test_learn_negative_starts_at_the_slope_and_slope_zero_is_a_relu():
+    torch.manual_seed(2)
+    x = torch.rand(32, 1, 8, 8)
+    ann = Leaky().eval()
+    fixed = prepare(ann, x, levels=4, granularity="channel")
+    learned = prepare(ann, x, levels=4, granularity="channel", learn_negative=True)
+    for (_, a), (_, b) in zip(qcfs_modules(fixed), qcfs_modules(learned)):
+        assert b.negative == "learned" and b.lam_neg.requires_grad
+        torch.testing.assert_close(b.neg_threshold.detach(), a.neg_threshold.detach())
+    with torch.no_grad():
+        torch.testing.assert_close(learned(x), fixed(x))
+    relu_like = prepare(nn.Sequential(nn.Conv2d(1, 2, 3), nn.LeakyReLU(0.0), nn.Flatten()), x, levels=4)
+    assert [type(q) for _, q in qcfs_modules(relu_like)] == [ann2snn.QCFS]
+
+
+def test_zoo_leaky_ann_becomes_a_saveable_signed_zoo_qann(tmp_path):
+    torch.manual_seed(0)
+    ann = ann2snn.models.create("digits-cnn", act="leaky", alpha=0.2, channels=4).eval()
+    path = ann2snn.save(ann, tmp_path / "ann.pt")
+    x = torch.randn(24, 1, 8, 8)
+    for learn in (False, True):
+        qann = prepare(path, x, levels=4, granularity="channel", learn_negative=learn)
+        assert qann.prepare_report["rebuilt_as"] == "digits-cnn"
+        assert qann.arch_kwargs["act"] == "signed" and qann.arch_kwargs["alpha"] == 0.2
+        assert qann.arch_kwargs.get("learn_negative", False) == learn
+        ann2snn.save(qann, tmp_path / "qann.pt", force=True)
+        again = ann2snn.load(tmp_path / "qann.pt")
+        with torch.no_grad():
+            assert torch.equal(again(x), qann(x))
+
+
+def test_leaky_relu_errors():
+    with pytest.raises(Ann2SnnError, match="negative_slope -0.1 has no SignedQCFS equivalent"):
+        prepare(nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(-0.1), nn.Linear(4, 2)))
+    with pytest.raises(Ann2SnnError, match="ELU has no QCFS equivalent; prepare replaces ReLU, ReLU6 and LeakyReLU"):
+        prepare(nn.Sequential(nn.Linear(4, 4), nn.ELU(), nn.Linear(4, 2)))
+
+
+def test_prepare_cli_leaky(tmp_path, capsys):
+    from ann2snn.cli.main import main
+
+    ann2snn.save(ann2snn.models.create("digits-cnn", act="leaky", alpha=0.1, channels=4), tmp_path / "ann.pt")
+    main(["prepare", str(tmp_path / "ann.pt"), "--data", "digits", "--samples", "64", "--learn-negative"])
+    assert "2 signed" in capsys.readouterr().out
+    qann = ann2snn.load(tmp_path / "ann.qann.pt")
+    assert [q.negative for _, q in qcfs_modules(qann)] == ["learned", "learned"]

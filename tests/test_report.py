@@ -17,7 +17,7 @@ from ann2snn.data import load_digits
 from ann2snn.errors import Ann2SnnError
 from ann2snn.evaluate import evaluate
 from ann2snn.inspect import inspect_thresholds
-from ann2snn.report import render_html
+from ann2snn.report import headline, render_html
 from ann2snn.runs import read_record, write_record
 
 
@@ -49,6 +49,39 @@ def test_report_has_tables_and_images(eval_record):
     assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
 
 
+@pytest.fixture(scope="module")
+def two_mode_record(tmp_path_factory):
+    torch.manual_seed(0)
+    qann = ann2snn.models.create("digits-cnn", levels=2, channels=4, init_threshold=1.0).eval()
+    d = load_digits()
+    metrics = evaluate(qann, (d.x_test[:40], d.y_test[:40]), [1, 2, 4, 8], convention="rate,exact")
+    path = write_record("eval", config={"model": "digits.pt", "T": [1, 2, 4, 8], "mode": ["rate", "exact"]},
+                        metrics=metrics, directory=tmp_path_factory.mktemp("runs2"))
+    return read_record(path)
+
+
+def test_report_shows_both_modes(two_mode_record):
+    page = render_html([two_mode_record])
+    for text in ("Accuracy at every T, rate mode", "Accuracy at every T, exact mode", "exact logits",
+                 "every sample from", "rtol = 0.0001", "<th>mode</th>"):
+        assert text in page
+    step = two_mode_record["metrics"]["modes"]["exact"]["exactness"]["exact_logits"]["step_all"]
+    assert step is not None and f"exact logits from t={step}" in headline(two_mode_record)
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 1 and base64.b64decode(images[0])[:4] == b"\x89PNG"  # one figure with both modes
+
+
+def test_report_reads_records_from_before_modes(eval_record):
+    _, rec = eval_record
+    old = {**rec, "metrics": {k: v for k, v in rec["metrics"].items()
+                              if k not in ("modes", "convention", "exactness", "exact_tolerance")}}
+    old["metrics"]["per_T"] = [{k: r[k] for k in ("T", "snn_accuracy", "agreement", "delta_pp")}
+                               for r in old["metrics"]["per_T"]]
+    page = render_html([old])
+    assert "Accuracy at every T, rate mode" in page and "every sample from" not in page
+    assert headline(old).startswith("QANN ") and "SNN best" in headline(old)
+
+
 def test_report_without_images_and_empty(eval_record):
     _, rec = eval_record
     assert "data:image" not in render_html([rec], images=False)
@@ -69,7 +102,8 @@ def test_cli_report(eval_record, tmp_path):
 
 
 def test_import_stays_light():
-    code = ("import sys, ann2snn, ann2snn.inspect, ann2snn.evaluate, ann2snn.energy, ann2snn.report, ann2snn.runs; "
+    code = ("import sys, ann2snn, ann2snn.inspect, ann2snn.evaluate, ann2snn.energy, ann2snn.report, ann2snn.runs, "
+            "ann2snn.plots; "
             "print([m for m in ('click', 'rich', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

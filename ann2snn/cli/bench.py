@@ -19,6 +19,8 @@ def _fmt(row, key, spec):
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--T", "Ts", default="1,2,4,8", show_default=True, help="Time steps to measure (QANN input).")
 @click.option("--batch", "batches", default="1,256", show_default=True, help="Batch sizes.")
+@click.option("--mode", "convention", type=click.Choice(["rate", "exact"]), default="rate", show_default=True,
+              help="Time convention of the SNN converted from a QANN checkpoint (an .onnx file says its own).")
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="onnxruntime provider; auto uses CUDA only when a session really gets it.")
 @click.option("--repeats", default=10, show_default=True, help="Timed runs per measurement (median reported).")
@@ -32,8 +34,8 @@ def _fmt(row, key, spec):
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Write a run record ($ANN2SNN_RUNS, default ./runs).")
 @model_options
-def bench_cmd(model, Ts, batches, provider, repeats, warmup, threads, no_torch, as_json, output, force, record,
-              trust_pickle, arch, arch_module):
+def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads, no_torch, as_json, output, force,
+              record, trust_pickle, arch, arch_module):
     """Latency and throughput of a QANN checkpoint's ANN and SNN (or of an exported SNN ONNX file).
 
     For a checkpoint: the ANN (the QANN as a plain ReLU ONNX net), the unrolled SNN, the stateful SNN driven T
@@ -65,10 +67,11 @@ def bench_cmd(model, Ts, batches, provider, repeats, warmup, threads, no_torch, 
             qann = ann2snn.checkpoint.load_qann(model, trust_pickle=trust_pickle, arch=arch, arch_module=arch_module)
             include = ("ann", "unrolled", "stateful") + (() if no_torch else ("torch",))
             result = bench.benchmark(qann, Ts=T_list, batches=B_list, provider=provider, repeats=repeats,
-                                     warmup=warmup, threads=threads, include=include, progress=tick)
+                                     warmup=warmup, threads=threads, include=include, progress=tick,
+                                     convention=convention)
     result["model"] = str(model)
     if output is not None:
-        from ann2snn.checkpoint import atomic_write
+        from ann2snn.files import atomic_write
 
         text = json.dumps(result, indent=2)
         atomic_write(output, lambda tmp: Path(tmp).write_text(text), force=force)
@@ -82,7 +85,7 @@ def bench_cmd(model, Ts, batches, provider, repeats, warmup, threads, no_torch, 
     rows = [[r["T"], r["batch"], _fmt(r, "ann_ms", ".3f"), cell(r, "unrolled"), cell(r, "stateful"), cell(r, "torch"),
              _fmt(r, "unrolled_samples_per_s", ",.0f")] for r in result["rows"]]
     console.print(table(f"Latency per batch in ms, (ratio SNN ÷ T·ANN); median of {repeats}, onnxruntime "
-                        f"{result['provider']}",
+                        f"{result['provider']}, {result['convention']} mode",
                         ["T", "batch", "ANN", "unrolled", "stateful", "torch sim", "unrolled/s"], rows,
                         justify_right_from=0))
     console.print(f"[dim]{result['note']}. ratio = SNN time / (T × ANN time), same run, same provider.[/]")
@@ -91,7 +94,7 @@ def bench_cmd(model, Ts, batches, provider, repeats, warmup, threads, no_torch, 
     if record:
         from ann2snn.runs import write_record
 
-        path = write_record("bench", config={"model": str(model), "T": T_list, "batch": B_list, "provider": provider,
-                                             "repeats": repeats, "threads": threads},
+        path = write_record("bench", config={"model": str(model), "T": T_list, "batch": B_list, "mode": convention,
+                                             "provider": provider, "repeats": repeats, "threads": threads},
                             metrics=result, inputs=[model], outputs=[output] if output else [])
         console.print(f"[dim]run record {path}[/]", highlight=False)

@@ -25,7 +25,12 @@ def render_report(report, *, title: str = "Conversion report") -> None:
 
 @click.command("convert")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--T", "T", type=int, default=None, help="Time steps (default: the QCFS levels L, where accuracy peaks).")
+@click.option("--T", "T", type=int, default=None,
+              help="Time steps (default: the QCFS levels L with --mode rate; 4·L with --mode exact).")
+@click.option("--mode", "convention", type=click.Choice(["rate", "exact"]), default="rate", show_default=True,
+              help="Time convention. rate: IF neurons, input and biases every step (the seed's QCFS method, best "
+                   "near T = L). exact: bounded bipolar neurons, input and biases for the first L steps only; "
+                   "from a few steps after L the logits equal the QANN's.")
 @click.option("--format", "fmt", type=click.Choice(["both", "unrolled", "stateful", "torch"]), default="both",
               show_default=True,
               help="ONNX: unrolled (all T steps in one graph, fastest batch inference), stateful (one step with "
@@ -45,8 +50,8 @@ def render_report(report, *, title: str = "Conversion report") -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @model_options
-def convert_cmd(model, T, fmt, output, encoding, verify, provider, input_shape, maxpool, force, as_json, trust_pickle,
-                arch, arch_module):
+def convert_cmd(model, T, convention, fmt, output, encoding, verify, provider, input_shape, maxpool, force, as_json,
+                trust_pickle, arch, arch_module):
     """Convert a QANN checkpoint MODEL into a spiking network, export it to ONNX and verify it on onnxruntime.
 
     Every BatchNorm is folded, every QCFS threshold folded into weights and every QCFS replaced by an IF neuron;
@@ -65,7 +70,7 @@ def convert_cmd(model, T, fmt, output, encoding, verify, provider, input_shape, 
     if T is not None and T <= 0:
         raise Ann2SnnError(f"--T must be a positive number of time steps, got {T}")
     qann = ann2snn.checkpoint.load_qann(model, trust_pickle=trust_pickle, arch=arch, arch_module=arch_module)
-    snn = ann2snn.convert(qann, T, input_shape=parse_shape(input_shape), maxpool=maxpool)
+    snn = ann2snn.convert(qann, T, input_shape=parse_shape(input_shape), maxpool=maxpool, convention=convention)
     if fmt != "torch":
         _export(snn, model, output, fmt=fmt, encoding=encoding, verify=verify, provider=provider, force=force,
                 as_json=as_json)
@@ -77,7 +82,8 @@ def convert_cmd(model, T, fmt, output, encoding, verify, provider, input_shape, 
     ann2snn.save(snn, out, force=force)
     from ann2snn.runs import record_conversion
 
-    record_conversion(model, snn, [out], config={"T": snn.T, "format": fmt, "maxpool": maxpool})
+    record_conversion(model, snn, [out], config={"T": snn.T, "format": fmt, "maxpool": maxpool,
+                                                 "mode": convention})
     if as_json:
         print_json({"output": str(out), "T": snn.T, "report": snn.report.to_dict()})
         return
@@ -93,7 +99,8 @@ def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force,
     from ann2snn.runs import record_conversion
 
     record_conversion(model, snn, [*res.files.values(), res.sidecar], verification=res.verification,
-                      config={"T": snn.T, "format": fmt, "encoding": encoding, "verify": verify})
+                      config={"T": snn.T, "format": fmt, "encoding": encoding, "verify": verify,
+                              "mode": snn.schedule.convention})
     if as_json:
         print_json({"files": {k: str(v) for k, v in res.files.items()}, "sidecar": str(res.sidecar), "T": snn.T,
                     "verification": res.verification, "seconds": res.seconds, "report": snn.report.to_dict()})
@@ -112,5 +119,6 @@ def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force,
     else:
         console.print("[yellow]verification skipped (--no-verify)[/]")
     for k, p in res.files.items():
-        console.print(f"wrote [bold]{p}[/] ({k}, T={snn.T})", highlight=False)
+        mode = f", exact mode, L={snn.schedule.length}" if snn.schedule.exact else ""
+        console.print(f"wrote [bold]{p}[/] ({k}, T={snn.T}{mode})", highlight=False)
     console.print(f"wrote [bold]{res.sidecar}[/] (sidecar)", highlight=False)

@@ -48,11 +48,14 @@ def check_data_spec(spec: str) -> None:
 def load_model_pair(model: Path, trust_pickle: bool, arch, arch_module):
     """The QANN of ``model`` (a QANN checkpoint, or an SNN file whose QANN is rebuilt from its payload)."""
     import ann2snn
+    from ann2snn.errors import Ann2SnnError
     from ann2snn.network import SpikingNetwork
 
     obj = ann2snn.load(model, trust_pickle=trust_pickle, arch=arch, arch_module=arch_module)
     if isinstance(obj, SpikingNetwork):
-        payload = obj.info["qann_payload"]
+        payload = obj.info.qann_payload
+        if payload is None:
+            raise Ann2SnnError(f"{model} is an SNN without its QANN; pass the QANN checkpoint to eval")
         qann = ann2snn.models.create(payload["arch"], **payload.get("kwargs", {}))
         qann.load_state_dict(payload["state_dict"])
         if payload.get("input_shape"):
@@ -61,39 +64,73 @@ def load_model_pair(model: Path, trust_pickle: bool, arch, arch_module):
     return obj
 
 
-def render_eval(result: dict) -> None:
-    """The accuracy table (like the seed's test log), firing rates and operations per layer."""
+def _step_line(what: str, stats: dict, T_max: int, n: int) -> str:
+    """"exact logits for 100% of samples from step S (median m, max M)", or how many never got there."""
+    if stats["never"] == 0:
+        return (f"{what} for 100% of samples from step {stats['step_all']} "
+                f"(median {stats['median']}, max {stats['max']})")
+    line = f"{what}: not reached by T_max = {T_max} for {stats['never']} of {n} samples"
+    if stats["max"] is not None:
+        line += f" (median {stats['median'] if stats['median'] is not None else '> T_max'}, rest by {stats['max']})"
+    return line
+
+
+def render_mode(result: dict, mode: str, m: dict) -> None:
+    """One convention's accuracy table (like the seed's test log) and its exactness lines."""
     levels = result["levels"]
-    qacc = result["qann_accuracy"]
-    e = {r["T"]: r for r in result["energy"]["per_T"]}
-    rows = [["QANN", "-", f"{qacc:.2%}", "-", "-", _si(result["energy"]["ann_macs"]) + " MAC", "1"]]
-    for r in result["per_T"]:
-        mark = "  ← T = L" if r["T"] in levels else ""
+    e = {r["T"]: r for r in m["energy"]["per_T"]}
+    rows = [["QANN", f"{result['qann_accuracy']:.2%}", "-", "-", "-", _si(m["energy"]["ann_macs"]) + " MAC", "1"]]
+    for r in m["per_T"]:
         er = e[r["T"]]
-        rows.append([f"SNN{mark}", r["T"], f"{r['snn_accuracy']:.2%}", f"{r['delta_pp'] + 0.0:+.2f} pp",
-                     f"{r['agreement']:.2%}", _si(er["sops"]) + " SOP", f"{er['ratio']:.3f}"])
-    backend = result.get("backend", "torch")
-    if "backend_max_abs_diff" in result:
-        backend += f", max |ORT − torch| = {result['backend_max_abs_diff']:.1e}"
-    console.print(table(f"{result['dataset']}: {result['samples']} test samples, L = {', '.join(map(str, levels))} "
-                        f"({backend})",
-                        ["model", "T", "accuracy", "vs QANN", "agreement", "ops/sample", "E_SNN/E_ANN"], rows))
+        exact = "-" if r.get("exact_logits") is None else f"{r['exact_logits']:.2%}"
+        rows.append([f"{r['T']}{'=L' if r['T'] in levels else ''}", f"{r['snn_accuracy']:.2%}",
+                     f"{r['delta_pp'] + 0.0:+.2f} pp", f"{r['agreement']:.2%}", exact, _si(er["sops"]) + " SOP",
+                     f"{er['ratio']:.3f}"])
+    backend = m.get("backend", "torch")
+    if "backend_max_abs_diff" in m:
+        backend += f", max |ORT − torch| = {m['backend_max_abs_diff']:.1e}"
+    console.print(table(f"{result['dataset']}, {mode} mode: {result['samples']} test samples, "
+                        f"L = {', '.join(map(str, levels))} ({backend})",
+                        ["T", "accuracy", "vs QANN", "agreement", "exact logits", "ops/sample", "E/E_ANN"], rows))
+    ex = m.get("exactness")
+    if ex:
+        T_max = len(m["curve"]["T"])
+        for what, key in (("exact logits", "exact_logits"), ("agreement", "agreement")):
+            console.print(_step_line(what, ex[key], T_max, result["samples"]), highlight=False)
+    console.print()
+
+
+def render_eval(result: dict) -> None:
+    """Per convention the accuracy table and exactness lines, then firing rates and operations per layer."""
+    from ann2snn.plots import mode_results
+
+    modes = mode_results(result)
+    for mode, m in modes.items():
+        render_mode(result, mode, m)
+    tol = result.get("exact_tolerance")
+    if tol:
+        console.print(f"[dim]agreement: same prediction as the QANN; exact logits: every logit within "
+                      f"{tol['rtol']:g} × max(1, max |QANN logit|) of the QANN's; E/E_ANN: energy ratio.[/]")
     Ts = result["T_list"]
+    many = len(modes) > 1
+
+    def label(name: str, kind: str | None, mode: str) -> str:
+        notes = [k for k in (kind, mode if many else None) if k]
+        return name + (f" ({', '.join(notes)})" if notes else "")
+
     console.print(table("Firing rate (spikes per neuron per step)", ["layer", "neurons"] + [f"T={t}" for t in Ts],
-                        [[f["name"] + ("" if f["kind"] == "if" else f" ({f['kind']})"), f["neurons"]]
-                         + [f"{v:.3f}" for v in f["rates"]] for f in result["firing_rates"]]))
-    en = result["energy"]
-    c = en["constants"]
-    rows = []
-    for r in en["layers"]:
-        ops = r["snn_macs"] if r["analog_input"] else r["sops"]
-        rows.append([f"{r['name']}{' *' if r['analog_input'] else ''} ({r['kind']})", _si(r["macs"])]
-                    + [_si(v) for v in ops])
+                        [[label(f["name"], None if f["kind"] == "if" else f["kind"], mode), f["neurons"]]
+                         + [f"{v:.3f}" for v in f["rates"]] for mode, m in modes.items() for f in m["firing_rates"]]))
+    layers = [(mode, r) for mode, m in modes.items() for r in m["energy"]["layers"]]
+    c = next(iter(modes.values()))["energy"]["constants"]
     console.print(table(f"Operations per sample (SNN: spikes × fan-out, E_AC = {c['e_ac_pj']} pJ each)",
-                        ["layer", "ANN MACs"] + [f"T={t}" for t in Ts], rows))
-    if any(r["analog_input"] for r in en["layers"]):
-        console.print(f"[dim]* analog input (direct encoding): no spikes, so its MACs run at every step (T × MACs at "
-                      f"E_MAC = {c['e_mac_pj']} pJ). Agreement: same prediction as the QANN.[/]")
+                        ["layer", "ANN MACs"] + [f"T={t}" for t in Ts],
+                        [[label(r["name"] + (" *" if r["analog_input"] else ""), r["kind"], mode), _si(r["macs"])]
+                         + [_si(v) for v in (r["snn_macs"] if r["analog_input"] else r["sops"])]
+                         for mode, r in layers]))
+    if any(r["analog_input"] for _, r in layers):
+        console.print(f"[dim]* analog input (direct encoding): no spikes, so its MACs run at every step the input is "
+                      f"fed (T × MACs; min(T, L) × MACs in exact mode) at E_MAC = {c['e_mac_pj']} pJ.[/]")
 
 
 @click.command("eval")
@@ -102,6 +139,10 @@ def render_eval(result: dict) -> None:
               help="Dataset: digits, mnist:PATH or cifar10:PATH (the test split is used).")
 @click.option("--T", "Ts", default="1,2,4,8,16,32,64", show_default=True, metavar="T1,T2,...",
               help="Time steps to report; the SNN runs once for the largest.")
+@click.option("--mode", "mode", default="rate", show_default=True, metavar="rate|exact|rate,exact",
+              help="Time convention(s): rate (IF neurons, input every step) or exact (bounded bipolar neurons, "
+                   "input for the first L steps, logits settle on the QANN's); several comma-separated, each "
+                   "converting its own SNN.")
 @click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
               help="torch: the PyTorch reference simulator; onnx: the unrolled ONNX graph on onnxruntime (firing "
                    "rates and operation counts still from the reference).")
@@ -121,27 +162,31 @@ def render_eval(result: dict) -> None:
 @click.option("--no-record", is_flag=True, help="Do not write a run record.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --plot file.")
 @model_options
-def eval_cmd(model, data_spec, Ts, backend, provider, batch_size, limit, e_mac, e_ac, analog_once, plot, as_json,
+def eval_cmd(model, data_spec, Ts, mode, backend, provider, batch_size, limit, e_mac, e_ac, analog_once, plot, as_json,
              runs_dir, no_record, force, trust_pickle, arch, arch_module):
-    """Accuracy of the QANN MODEL and of its SNN at every T, from one simulation; prediction agreement with the
-    QANN; firing rate per neuron layer; ANN MACs vs SNN synaptic operations and the energy ratio.
+    """Accuracy of the QANN MODEL and of its SNN at every T, from one simulation per --mode; prediction agreement
+    with the QANN; the fraction of samples whose SNN logits equal the QANN's and the step from which they all do;
+    firing rate per neuron layer; ANN MACs vs SNN synaptic operations and the energy ratio.
 
     \b
+    Exact logits: every logit within 1e-4 x max(1, max |QANN logit|).
     Firing rate: spikes per neuron per step over the first T steps.
     SNN ops: each input spike (nonzero input) costs its fan-out in
     additions (E_AC each); a layer fed by the analog input (direct
     encoding) costs T x its MACs (E_MAC each). Energy ratio: E_SNN / E_ANN.
     Definitions: docs/metrics.md.
 
-    Example: ann2snn eval digits.pt --data digits --T 1,2,4,8,16,32,64 --plot acc.png
+    Example: ann2snn eval digits.pt --mode rate,exact --T 1,2,4,8,16,32 --plot acc.png
     """
     from ann2snn.data import load_dataset
     from ann2snn.energy import EnergyModel
     from ann2snn.errors import Ann2SnnError
-    from ann2snn.evaluate import evaluate, parse_ts, plot_eval
+    from ann2snn.evaluate import evaluate, parse_modes, parse_ts
     from ann2snn.inspect import inspect_thresholds
+    from ann2snn.plots import plot_eval
 
     T_list = parse_ts(Ts)
+    modes = parse_modes(mode)
     if plot is not None and plot.exists() and not force:
         raise Ann2SnnError(f"{plot} already exists; pass --force to overwrite it")
     check_data_spec(data_spec)
@@ -149,33 +194,31 @@ def eval_cmd(model, data_spec, Ts, backend, provider, batch_size, limit, e_mac, 
     data = load_dataset(data_spec)
     energy = EnergyModel(e_mac_pj=e_mac, e_ac_pj=e_ac, analog_per_step=not analog_once)
     n = min(limit or len(data.y_test), len(data.y_test))
+    run = dict(convention=modes, batch_size=batch_size, limit=limit, energy=energy, backend=backend,
+               provider=provider)
     if as_json:
-        result = evaluate(qann, data, T_list, batch_size=batch_size, limit=limit, energy=energy, backend=backend,
-                          provider=provider)
+        result = evaluate(qann, data, T_list, **run)
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console, transient=True, disable=not console.is_terminal) as bar:
-            task = bar.add_task(f"QANN + SNN (T={max(T_list)})", total=n)
-            result = evaluate(qann, data, T_list, batch_size=batch_size, limit=limit, energy=energy,
-                              backend=backend, provider=provider,
-                              progress=lambda done: bar.update(task, completed=done))
+            task = bar.add_task(f"QANN + SNN {'+'.join(modes)} (T={max(T_list)})", total=n)
+            result = evaluate(qann, data, T_list, **run, progress=lambda done: bar.update(task, completed=done))
     result["model"] = str(model)
     result["thresholds"] = inspect_thresholds(qann)
     if plot is not None:
-        from ann2snn.checkpoint import atomic_write
+        from ann2snn.files import atomic_write
 
         atomic_write(plot, lambda tmp: plot_eval(result, tmp), force=force)
     if not no_record:
         from ann2snn.runs import write_record
 
-        rec = write_record("eval", config={"model": str(model), "data": data_spec, "T": T_list, "backend": backend,
-                                           "provider": provider,
-                                           "batch_size": batch_size, "limit": limit,
-                                           "energy": {"e_mac_pj": e_mac, "e_ac_pj": e_ac,
-                                                      "analog_per_step": not analog_once}},
-                           metrics=result, inputs=[model], outputs=[plot] if plot else [], directory=runs_dir)
+        config = {"model": str(model), "data": data_spec, "T": T_list, "mode": modes, "backend": backend,
+                  "provider": provider, "batch_size": batch_size, "limit": limit,
+                  "energy": {"e_mac_pj": e_mac, "e_ac_pj": e_ac, "analog_per_step": not analog_once}}
+        rec = write_record("eval", config=config, metrics=result, inputs=[model], outputs=[plot] if plot else [],
+                           directory=runs_dir)
         result["record"] = str(rec)
     if as_json:
         print_json(result)

@@ -1,4 +1,4 @@
-"""``ann2snn prepare``: a trained ReLU ANN file -> a QANN file (QCFS with calibrated thresholds)."""
+"""``ann2snn prepare``: a trained ReLU / LeakyReLU ANN file -> a QANN file (QCFS / SignedQCFS, calibrated)."""
 
 from __future__ import annotations
 
@@ -24,15 +24,19 @@ from ann2snn.cli.common import console, model_options, print_json, table
 @click.option("--init-threshold", type=float, default=None, help="θ without calibration data (default 8; ReLU6: 6).")
 @click.option("--maxpool", type=click.Choice(["avg", "keep"]), default="avg", show_default=True,
               help="Swap max-pooling for average pooling, or keep it for the spiking max-pool.")
+@click.option("--learn-negative", is_flag=True,
+              help="LeakyReLU layers learn θ_n (starting at slope·θ_p) instead of keeping θ_n = slope·θ_p.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @model_options
 def prepare_cmd(model, output, levels, granularity, softplus, data, samples, method, percentile, init_threshold,
-                maxpool, force, as_json, trust_pickle, arch, arch_module):
-    """Turn a trained ReLU ANN MODEL into a QANN: every ReLU (module or functional) and ReLU6 becomes a QCFS.
+                maxpool, learn_negative, force, as_json, trust_pickle, arch, arch_module):
+    """Turn a trained ReLU / LeakyReLU ANN MODEL into a QANN: every ReLU (module or functional) and ReLU6 becomes
+    a QCFS, every LeakyReLU a signed QCFS (output in [−θ_n, θ_p], θ_n = slope·θ_p; for bipolar neurons).
 
-    Thresholds start at the chosen percentile (or max) of each activation on --data's training images; the weights
-    are kept. Fine-tune the result with `ann2snn train --from-ann OUTPUT --data ...`, then `ann2snn convert` it.
+    Thresholds start at the chosen percentile (or max) of each activation on --data's training images (for a
+    LeakyReLU: of its positive side); the weights are kept. Fine-tune the result with
+    `ann2snn train --from-ann OUTPUT --data ...`, then `ann2snn convert` it.
     (`ann2snn train --from-ann RELU.pt` does both steps at once.)
 
     Example: ann2snn prepare mnist-relu.pt --data mnist --levels 4 --granularity channel
@@ -49,21 +53,25 @@ def prepare_cmd(model, output, levels, granularity, softplus, data, samples, met
     if data is not None:
         calib = load_dataset(data).x_train[:samples]
     qann = prepare(ann, calib, levels=levels, granularity=granularity, positive="softplus" if softplus else "none",
-                   init_threshold=init_threshold, method=method, percentile=percentile, maxpool=maxpool)
+                   init_threshold=init_threshold, method=method, percentile=percentile, maxpool=maxpool,
+                   learn_negative=learn_negative)
     out = output or model.with_name(model.name.removesuffix(".pt") + ".qann.pt")
     rep = qann.prepare_report
     if getattr(qann, "arch_name", None) is None:
         raise Ann2SnnError("the prepared model does not match a registered architecture, so it cannot be saved "
-                           "safely; build the ANN with ann2snn.models.create(..., act='relu') or register a builder "
-                           "that takes act='qcfs' (--arch-module)")
+                           "safely; build the ANN with ann2snn.models.create(..., act='relu' or 'leaky') or register a "
+                           "builder that takes act='qcfs' / 'signed' (--arch-module)")
     ann2snn.save(qann, out, meta={"prepared_from": str(model), "prepare": rep}, force=force)
     if as_json:
         print_json({"output": str(out), **rep})
         return
-    console.print(table(f"{model.name}: {len(rep['activations'])} activations → QCFS (L = {levels})",
-                        ["name", "replaced", "thresholds", "θ min", "θ mean", "θ max"],
+    signed = sum(a["alpha"] is not None for a in rep["activations"])
+    what = "QCFS" if not signed else f"QCFS ({signed} signed, θ_n = α·θ_p)"
+    console.print(table(f"{model.name}: {len(rep['activations'])} activations → {what} (L = {levels})",
+                        ["name", "replaced", "thresholds", "θ min", "θ mean", "θ max", "α"],
                         [[a["name"], a["replaced"], a["channels"], f"{a['threshold_min']:.3f}",
-                          f"{a['threshold_mean']:.3f}", f"{a['threshold_max']:.3f}"] for a in rep["activations"]],
+                          f"{a['threshold_mean']:.3f}", f"{a['threshold_max']:.3f}",
+                          "" if a["alpha"] is None else f"{a['alpha']:g}"] for a in rep["activations"]],
                         justify_right_from=2))
     for s in rep["maxpool_swapped"]:
         console.print(f"max-pool swapped: {s}", highlight=False)

@@ -22,8 +22,14 @@ def _is_main() -> bool:
               help="One threshold per layer, per channel or per neuron (with --two-stage: the stage-2 granularity).")
 @click.option("--softplus/--no-softplus", default=True, show_default=True, help="θ = Softplus(λ) keeps thresholds > 0.")
 @click.option("--init-threshold", type=float, default=2.0, show_default=True, help="Initial QCFS threshold θ.")
-@click.option("--act", type=click.Choice(["qcfs", "relu"]), default="qcfs", show_default=True,
-              help="relu trains the plain ANN of the same architecture (for `ann2snn prepare`).")
+@click.option("--act", type=click.Choice(["qcfs", "relu", "signed", "leaky"]), default="qcfs", show_default=True,
+              help="qcfs: QANN; relu: the plain ANN of the same architecture (for `ann2snn prepare`); signed: QANN "
+                   "of signed (double-threshold) QCFS, a quantized LeakyReLU; leaky: the plain LeakyReLU ANN.")
+@click.option("--alpha", type=float, default=0.1, show_default=True,
+              help="Negative slope for --act signed (θ_n = α·θ_p) and --act leaky (LeakyReLU slope).")
+@click.option("--learn-negative", is_flag=True,
+              help="--act signed: learn θ_n (starting at α·θ_p) instead of keeping θ_n = α·θ_p; with --from-ann, "
+                   "the prepared LeakyReLU layers learn it.")
 @click.option("--epochs", type=int, default=None, help="Epochs (default 10; with --two-stage, E1+E2).")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Per process.")
 @click.option("--lr", type=float, default=None, help="Learning rate (default: 2e-3 for adam, 0.1 for sgd).")
@@ -41,14 +47,18 @@ def _is_main() -> bool:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--force", is_flag=True, help="Overwrite existing checkpoints.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
-def train_cmd(arch, data, levels, granularity, softplus, init_threshold, act, epochs, batch_size, lr, optimizer,
-              weight_decay, seed, two_stage, from_ann, resume, output, augment, device, force, as_json):
+def train_cmd(arch, data, levels, granularity, softplus, init_threshold, act, alpha, learn_negative, epochs,
+              batch_size, lr, optimizer, weight_decay, seed, two_stage, from_ann, resume, output, augment, device,
+              force, as_json):
     """Train a QANN on digits, MNIST or CIFAR and write checkpoints in the ann2snn format plus a run record.
 
     Multi-GPU / multi-node: `torchrun --nproc_per_node N -m ann2snn train ...` runs DistributedDataParallel
     (NCCL on GPUs, gloo on CPU); only rank 0 writes files.
 
     Example: ann2snn train --arch mnist-cnn --data mnist:../shared/data/mnist --epochs 2
+
+    Signed: ann2snn train --arch mnist-convnet --data mnist --act signed --alpha 0.1 (or --act leaky, then
+    `ann2snn prepare`).
     """
     from ann2snn.errors import Ann2SnnError
     from ann2snn.train import TrainConfig, train
@@ -62,7 +72,8 @@ def train_cmd(arch, data, levels, granularity, softplus, init_threshold, act, ep
             raise Ann2SnnError(f"--epochs {epochs} disagrees with --two-stage {two_stage} ({sum(stages)} epochs); "
                                "drop --epochs")
     cfg = TrainConfig(arch=arch, data=data, levels=levels, granularity=granularity, softplus=softplus,
-                      init_threshold=init_threshold, act=act, epochs=epochs or 10, batch_size=batch_size,
+                      init_threshold=init_threshold, act=act, alpha=alpha,
+                      learn_negative=learn_negative, epochs=epochs or 10, batch_size=batch_size,
                       lr=lr if lr is not None else (2e-3 if optimizer == "adam" else 0.1), optimizer=optimizer,
                       weight_decay=weight_decay, seed=seed, two_stage=stages, from_ann=from_ann, resume=resume,
                       output=output, force=force, augment=augment, device=device)

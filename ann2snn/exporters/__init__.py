@@ -6,7 +6,8 @@
 
 Formats (one module each): :mod:`~ann2snn.exporters.onnx_unrolled` (all T steps in one graph) and
 :mod:`~ann2snn.exporters.onnx_stateful` (one step, explicit state). Both emit every stateful operator through
-the table in :mod:`~ann2snn.exporters.common`; :mod:`~ann2snn.exporters.verify` checks them.
+the table in :mod:`~ann2snn.exporters.common`; :mod:`~ann2snn.exporters.verify` checks them. The names, metadata
+and sidecar schema of the files are :mod:`~ann2snn.exporters.contract`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from ann2snn.errors import Ann2SnnError, CheckpointError
+from ann2snn.exporters.contract import (
+    FORMAT_STATEFUL,
+    FORMAT_UNROLLED,
+    ONNX_FORMATS,
+    ModelMetadata,
+    StateSpec,
+    build_sidecar,
+)
+from ann2snn.files import atomic_write
 
 __all__ = ["export", "ExportResult", "FORMATS", "output_paths"]
 
-FORMATS = ("unrolled", "stateful", "both")
-SIDECAR_FORMAT = "ann2snn.onnx-sidecar"
+FORMATS = (*ONNX_FORMATS, "both")
 
 
 @dataclass
@@ -42,12 +51,12 @@ def output_paths(path: str | os.PathLike, fmt: str) -> dict[str, Path]:
     path = Path(path)
     base = path.name[:-5] if path.name.endswith(".onnx") else path.name
     out = {}
-    if fmt in ("unrolled", "both"):
-        out["unrolled"] = path
-    if fmt == "stateful":
-        out["stateful"] = path
+    if fmt in (FORMAT_UNROLLED, "both"):
+        out[FORMAT_UNROLLED] = path
+    if fmt == FORMAT_STATEFUL:
+        out[FORMAT_STATEFUL] = path
     elif fmt == "both":
-        out["stateful"] = path.with_name(base + ".step.onnx")
+        out[FORMAT_STATEFUL] = path.with_name(base + ".step.onnx")
     out["sidecar"] = path.with_name(base + ".json")
     return out
 
@@ -82,7 +91,6 @@ def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None 
     Example:
         >>> ann2snn.export(ann2snn.convert(qann, T=4), "digits.snn.onnx")
     """
-    from ann2snn.checkpoint import atomic_write
     from ann2snn.exporters import verify as V
     from ann2snn.exporters.onnx_stateful import build_stateful
     from ann2snn.exporters.onnx_unrolled import build_unrolled
@@ -102,41 +110,30 @@ def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None 
     probe = None
     specs = None
     t0 = time.perf_counter()
-    if "unrolled" in paths:
-        built["unrolled"] = build_unrolled(snn, T=T, encoding=encoding).SerializeToString()
+    if FORMAT_UNROLLED in paths:
+        built[FORMAT_UNROLLED] = build_unrolled(snn, T=T, encoding=encoding).SerializeToString()
         if verify:
             probe = build_unrolled(snn, T=T, encoding=encoding, probes=True).SerializeToString()
-    if "stateful" in paths:
+    if FORMAT_STATEFUL in paths:
         model, specs = build_stateful(snn, T=T, encoding=encoding)
-        built["stateful"] = model.SerializeToString()
+        built[FORMAT_STATEFUL] = model.SerializeToString()
     seconds["build"] = time.perf_counter() - t0
     report: dict[str, Any] = {}
     if verify:
         t0 = time.perf_counter()
         x = V.example_batch(snn, batch=verify_batch, T=T, encoding=encoding) if verify_input is None else verify_input
         ref = V.reference(snn, x, T, encoding=encoding)
-        if "unrolled" in built:
-            report["unrolled"] = V.verify_unrolled(snn, built["unrolled"], probe, T=T, encoding=encoding, x=x,
-                                                   provider=provider, ref=ref)
-        if "stateful" in built:
-            report["stateful"] = V.verify_stateful(snn, built["stateful"], T=T, encoding=encoding, x=x,
-                                                   provider=provider, ref=ref)
+        if FORMAT_UNROLLED in built:
+            report[FORMAT_UNROLLED] = V.verify_unrolled(snn, built[FORMAT_UNROLLED], probe, T=T, encoding=encoding,
+                                                        x=x, provider=provider, ref=ref)
+        if FORMAT_STATEFUL in built:
+            report[FORMAT_STATEFUL] = V.verify_stateful(snn, built[FORMAT_STATEFUL], T=T, encoding=encoding, x=x,
+                                                        provider=provider, ref=ref)
         seconds["verify"] = time.perf_counter() - t0
-    import ann2snn
-
-    sidecar = {
-        "format": SIDECAR_FORMAT, "version": 1, "ann2snn_version": ann2snn.__version__, "T": T, "encoding": encoding,
-        "input": {"name": "input", "shape": (["T"] if encoding == "sequence" else []) + ["batch", *snn.input_shape]},
-        "shift": snn.info.get("shift"), "neuron_kinds": snn.info.get("neuron_kinds"), "arch": snn.info.get("arch"),
-        "files": {k: paths[k].name for k in built},
-        "unrolled": {"outputs": {"logits": "[batch, K] mean over T",
-                                 "logits_per_step": "[T, batch, K] running mean at t = 1..T"}} if "unrolled" in built
-        else None,
-        "stateful": {"output": "logits_t", "readout": "logits after t steps = mean of logits_t over steps 1..t",
-                     "state_naming": "input state.<module>.<state>, output state_out.<module>.<state>",
-                     "states": specs} if "stateful" in built else None,
-        "verification": report or None,
-    }
+    states = [s if isinstance(s, StateSpec) else StateSpec.from_json(s) for s in specs or ()]
+    meta = ModelMetadata.for_network(snn, T=T, format=FORMAT_STATEFUL if specs is not None else FORMAT_UNROLLED,
+                                     encoding=encoding, states=states)
+    sidecar = build_sidecar(meta, files={k: paths[k].name for k in built}, verification=report)
     written: list[Path] = []
     try:
         for k, data in built.items():

@@ -26,8 +26,9 @@ from torch import fx, nn
 
 from ann2snn.errors import Ann2SnnError, UnsupportedNodeError
 from ann2snn.layers import Affine
-from ann2snn.neurons import IFNeuron, SpikingMaxPool2d, StatefulModule
+from ann2snn.neurons import BipolarNeuron, IFNeuron, SpikingMaxPool2d, StatefulModule
 from ann2snn.passes.graph import classify
+from ann2snn.simulator import RATE, TimeSchedule
 
 OPSET = 17
 FLOAT = 1  # onnx.TensorProto.FLOAT
@@ -124,6 +125,20 @@ def node_shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> dict[fx.Nod
     return shapes
 
 
+@torch.no_grad()
+def node_constant(gm: fx.GraphModule, node: fx.Node, shapes: dict) -> torch.Tensor | None:
+    """``f(0)`` of a stateless node for one sample (its constant part; None when zero): what the exact schedule
+    stops injecting after step L. See :func:`ann2snn.simulator.constant_part`."""
+    from ann2snn.simulator import constant_part
+
+    def zero(a):
+        return torch.zeros(1, *shapes[a]) if a in shapes else a
+
+    args = fx.node.map_arg(node.args, zero)
+    kwargs = fx.node.map_arg(node.kwargs, zero)
+    return constant_part(fx.Interpreter(gm), node, args, kwargs)
+
+
 def initial_states(gm: fx.GraphModule, shapes: dict) -> dict[str, list[torch.Tensor]]:
     """``module name -> [initial state of one sample]`` from each operator's own ``init_state``."""
     out = {}
@@ -213,8 +228,8 @@ def _pool(em, node, m, xs, k, shapes):
         keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
         dims = [dims] if isinstance(dims, int) else list(dims)
         rank = len(in_shape) + 1
-        axes = em.const(np.array([d % rank for d in dims], dtype=np.int64))
-        return em.op("ReduceMean", [xs[0], axes], {"keepdims": int(bool(keep))})
+        # opset 17: ReduceMean takes its axes as an attribute (an input only from opset 18)
+        return em.op("ReduceMean", [xs[0]], {"axes": [d % rank for d in dims], "keepdims": int(bool(keep))})
     raise UnsupportedNodeError(node, "this pooling is not exported to ONNX; use nn.AvgPool2d or "
                                "nn.AdaptiveAvgPool2d")
 
@@ -292,10 +307,11 @@ def classify_node(node: fx.Node, modules: dict | None = None) -> str:
 class StatefulBuilder:
     """How one stateful-operator kind is emitted.
 
-    - ``unrolled(em, module, xs, T) -> ys``: ``xs`` are the inputs, each either a static variable (the same
-      value at every step, direct encoding) or a list of T variables *accumulated over steps* (``Σ_{τ≤t} x_τ``);
-      returns the output in the same form (accumulated outputs ``Σ_{τ≤t} y_τ``). The returned value may be
-      static when the operator commutes with time on a constant input.
+    - ``unrolled(em, module, xs, T, *, shifted, schedule) -> ys``: ``xs`` are the inputs, each either a static
+      variable (the value injected at every step the schedule injects, direct encoding) or a list of T variables
+      *accumulated over steps* (``Σ_{τ≤t} x_τ``); returns the output in the same form (accumulated outputs
+      ``Σ_{τ≤t} y_τ``). The returned value may be static when the operator commutes with time on a constant
+      input (then its accumulated value at step t is ``N(t)`` times it).
     - ``step(em, module, xs, states) -> (y, new_states)``: one step on instantaneous values.
     - ``input_offset(module) -> float | None``: a constant the producer of the (time-varying) input may add to its
       bias so that ``unrolled`` runs cheaper; the builder is then called with ``shifted=True``.
@@ -306,7 +322,22 @@ class StatefulBuilder:
     input_offset: Callable = lambda m: None
 
 
-def _if_unrolled(em: Emitter, m: IFNeuron, xs, T: int, *, shifted: bool = False):
+def _constant_input_counts(em: Emitter, a, T: int, shift: float, lo: float, schedule: TimeSchedule):
+    """Counts of a neuron whose input ``a`` (threshold units) is constant while injected:
+    ``count_t = floor(N(t)·clip(a, lo, 1) + φ)``, with ``N(t)·a + φ`` accumulated one Add per injected step (the
+    same sum the simulator's membrane accumulates); after the schedule stops, the count stays."""
+    a = em.op("Clip", [a, em.scalar(lo), em.scalar(1.0)])
+    counts, y = [], None
+    for t in range(1, T + 1):
+        if not schedule.injected(t):
+            counts.append(counts[-1])
+            continue
+        y = em.op("Add", [a, em.scalar(shift)] if y is None else [y, a])
+        counts.append(em.op("Floor", [y]))
+    return counts
+
+
+def _if_unrolled(em: Emitter, m: IFNeuron, xs, T: int, *, shifted: bool = False, schedule: TimeSchedule = RATE):
     """IF over T steps on accumulated inputs; returns accumulated outputs (spike counts ``c_t``).
 
     ``shifted``: the producer already subtracted ``1 − φ`` (folded into its bias, see ``OFFSETTABLE``), so a
@@ -316,14 +347,9 @@ def _if_unrolled(em: Emitter, m: IFNeuron, xs, T: int, *, shifted: bool = False)
     theta = None if m.unit_threshold else em.const(m.threshold, key=(id(m), "theta"), hint="theta")
     inv = None if m.unit_threshold else em.const(1.0 / m.threshold, key=(id(m), "inv"), hint="inv_theta")
     if not isinstance(x, list):
-        # constant input a (threshold units): count_t = clamp(floor(t·a + φ), 0, t) = floor(t·clip(a, 0, 1) + φ),
-        # with t·a + φ accumulated one Add per step (the same sum the simulator's membrane accumulates)
+        # constant input a: count_t = clamp(floor(t·a + φ), 0, t) = floor(t·clip(a, 0, 1) + φ)
         a = x if inv is None else em.op("Mul", [x, inv])
-        a = em.op("Clip", [a, em.scalar(0.0), em.scalar(1.0)])
-        counts, y = [], None
-        for _ in range(T):
-            y = em.op("Add", [a, em.scalar(m.shift)] if y is None else [y, a])
-            counts.append(em.op("Floor", [y]))
+        counts = _constant_input_counts(em, a, T, m.shift, 0.0, schedule)
     else:
         # accumulated input X_t: a spike fires when φ + X_t − count_{t−1} ≥ 1 (the soft-reset membrane)
         counts, c = [], None
@@ -357,12 +383,91 @@ def _if_step(em: Emitter, m: IFNeuron, xs, states):
     return out, [em.op("Sub", [v, out])]
 
 
+def _unit_scalar(t: torch.Tensor) -> float | None:
+    """The value of a one-element tensor, else None."""
+    return float(t) if t.numel() == 1 else None
+
+
+def _bipolar_value(em: Emitter, m: BipolarNeuron, c):
+    """``a(c)``: the accumulated output of counts ``c`` (θ·c, or θ_n·c on the negative side)."""
+    theta = _unit_scalar(m.threshold)
+    pos = c if theta == 1.0 else em.op("Mul", [c, em.const(m.threshold, key=(id(m), "theta"), hint="theta")])
+    if not m.signed or m.symmetric:
+        return pos
+    neg = em.op("Mul", [em.op("Min", [c, em.scalar(0.0)]), em.const(m.neg_threshold, key=(id(m), "neg"), hint="neg")])
+    if theta == 1.0:
+        pos = em.op("Max", [c, em.scalar(0.0)])
+    else:
+        pos = em.op("Mul", [em.op("Max", [c, em.scalar(0.0)]), em.const(m.threshold, key=(id(m), "theta"))])
+    return em.op("Add", [pos, neg])
+
+
+def _bipolar_unrolled(em: Emitter, m: BipolarNeuron, xs, T: int, *, shifted: bool = False,
+                      schedule: TimeSchedule = RATE):
+    """Bounded bipolar neuron over T steps on accumulated inputs ``X_t``; returns accumulated outputs.
+
+    The neuron moves its count one step per time step towards ``f_t = floor(X_t/θ + φ)`` (clipped to its bounds):
+    ``c_t = c_{t−1} + clip(f_t − c_{t−1}, −1, 1)`` — the membrane rule of :class:`BipolarNeuron` written on
+    accumulated values. ``shifted``: the producer already added φ (folded into its bias), so ``f_t = floor(X'_t)``.
+    """
+    (x,) = xs
+    unit = _unit_scalar(m.threshold) == 1.0
+    inv = None if unit else em.const(1.0 / m.threshold, key=(id(m), "inv"), hint="inv_theta")
+    lo = -np.inf if m.n_min is None else float(m.n_min)
+    hi = np.inf if m.n_max is None else float(m.n_max)
+    if not isinstance(x, list):
+        a = x if inv is None else em.op("Mul", [x, inv])
+        counts = _constant_input_counts(em, a, T, m.shift, -1.0 if m.signed else 0.0, schedule)
+        if hi < T:
+            counts = [c if t <= hi else em.op("Min", [c, em.scalar(hi)]) for t, c in enumerate(counts, start=1)]
+    else:
+        counts, c = [], None
+        for X in x:
+            X = X if inv is None else em.op("Mul", [X, inv])
+            f = em.op("Floor", [X if shifted else em.op("Add", [X, em.scalar(m.shift)])])
+            if np.isfinite(lo) or np.isfinite(hi):
+                f = em.op("Clip", [f, em.scalar(max(lo, -3.0e38)), em.scalar(min(hi, 3.0e38))])
+            if c is None:  # c_0 = 0
+                c = em.op("Clip", [f, em.scalar(-1.0), em.scalar(1.0)])
+            else:
+                c = em.op("Add", [c, em.op("Clip", [em.op("Sub", [f, c]), em.scalar(-1.0), em.scalar(1.0)])])
+            counts.append(c)
+    values: dict[str, object] = {}  # counts repeat after the schedule stops: map each once
+    return [values.setdefault(c.name, _bipolar_value(em, m, c)) for c in counts]
+
+
+def bipolar_input_offset(m: BipolarNeuron) -> float | None:
+    """The constant a producer may fold into its bias for :func:`_bipolar_unrolled` (``shifted=True``): φ."""
+    return m.shift if _unit_scalar(m.threshold) == 1.0 else None
+
+
+def _bipolar_step(em: Emitter, m: BipolarNeuron, xs, states):
+    (x,), (v, n) = xs, states
+    v = em.op("Add", [v, x])
+    theta = em.scalar(1.0) if _unit_scalar(m.threshold) == 1.0 else em.const(m.threshold, key=(id(m), "theta"))
+    up = em.op("GreaterOrEqual", [v, theta], dtype=np.bool_)
+    down = em.op("Less", [v, em.scalar(0.0)], dtype=np.bool_)
+    if m.n_max is not None:
+        up = em.op("And", [up, em.op("Less", [n, em.scalar(float(m.n_max))], dtype=np.bool_)], dtype=np.bool_)
+    if m.n_min is not None:
+        down = em.op("And", [down, em.op("Greater", [n, em.scalar(float(m.n_min))], dtype=np.bool_)],
+                     dtype=np.bool_)
+    s = em.op("Sub", [em.op("Cast", [up], BOOL_TO_FLOAT), em.op("Cast", [down], BOOL_TO_FLOAT)])
+    new_n = em.op("Add", [n, s])
+    out = s if _unit_scalar(m.threshold) == 1.0 else em.op("Mul", [s, theta])
+    v = em.op("Sub", [v, out])
+    if m.signed and not m.symmetric:
+        out = em.op("Sub", [_bipolar_value(em, m, new_n), _bipolar_value(em, m, n)])
+    return out, [v, new_n]
+
+
 def _maxpool_attrs(m: SpikingMaxPool2d) -> dict:
     return {"kernel_shape": _pair(m.kernel_size), "strides": _pair(m.stride), "pads": _pair(m.padding) * 2,
             "dilations": _pair(m.dilation), "ceil_mode": int(m.ceil_mode)}
 
 
-def _maxpool_unrolled(em: Emitter, m: SpikingMaxPool2d, xs, T: int, *, shifted: bool = False):
+def _maxpool_unrolled(em: Emitter, m: SpikingMaxPool2d, xs, T: int, *, shifted: bool = False,
+                      schedule: TimeSchedule = RATE):
     # Σ_{τ≤t} y_τ = maxpool(Σ_{τ≤t} x_τ): the accumulated output is the pool of the accumulated input
     (x,) = xs
     if not isinstance(x, list):
@@ -380,6 +485,7 @@ def _maxpool_step(em: Emitter, m: SpikingMaxPool2d, xs, states):
 #: StatefulModule.kind -> its builder; both exporters treat every stateful operator through this table.
 STATEFUL: dict[str, StatefulBuilder] = {
     "if": StatefulBuilder(unrolled=_if_unrolled, step=_if_step, input_offset=if_input_offset),
+    "bipolar": StatefulBuilder(unrolled=_bipolar_unrolled, step=_bipolar_step, input_offset=bipolar_input_offset),
     "maxpool": StatefulBuilder(unrolled=_maxpool_unrolled, step=_maxpool_step),
 }
 
@@ -392,22 +498,11 @@ def stateful_builder(node: fx.Node, m: StatefulModule) -> StatefulBuilder:
     return b
 
 
-def metadata(snn, *, T: int, fmt: str, encoding: str) -> dict[str, str]:
-    """The ``metadata_props`` both formats carry."""
-    import json
+def metadata(snn, *, T: int, fmt: str, encoding: str, states=()) -> dict[str, str]:
+    """The ``metadata_props`` both formats carry (:class:`~ann2snn.exporters.contract.ModelMetadata`)."""
+    from ann2snn.exporters.contract import ModelMetadata
 
-    import ann2snn
-
-    return {
-        "ann2snn.version": ann2snn.__version__,
-        "ann2snn.T": str(T),
-        "ann2snn.format": fmt,
-        "ann2snn.encoding": encoding,
-        "ann2snn.shift": json.dumps(snn.info.get("shift")),
-        "ann2snn.neuron_kinds": json.dumps(snn.info.get("neuron_kinds", [])),
-        "ann2snn.input_shape": json.dumps(list(snn.input_shape)),
-        "ann2snn.arch": json.dumps(snn.info.get("arch")),
-    }
+    return ModelMetadata.for_network(snn, T=T, format=fmt, encoding=encoding, states=states).to_props()
 
 
 def check_graph_module(gm: fx.GraphModule) -> None:

@@ -42,12 +42,19 @@ from ann2snn.exporters.common import (
     stateless_emitter,
     stateless_inputs,
 )
+from ann2snn.exporters.contract import (
+    BATCH,
+    ENCODINGS,
+    FORMAT_UNROLLED,
+    INPUT,
+    LOGITS,
+    LOGITS_PER_STEP,
+    PROBE_PREFIX,  # noqa: F401  (verification-only outputs ``count.<module>``; re-exported)
+    probe_name,
+)
 from ann2snn.neurons import StatefulModule
 
 __all__ = ["build_unrolled", "PROBE_PREFIX"]
-
-#: verification-only outputs: ``count.<module>`` = an operator's output summed over all T steps
-PROBE_PREFIX = "count."
 #: the read-out tail is composed into one matrix when it has at most this many entries
 MAX_READOUT_ENTRIES = 1 << 22
 _AFFINE_KINDS = ("linear", "affine", "pool", "flatten", "reshape", "add", "cat", "identity")
@@ -103,125 +110,146 @@ def build_unrolled(snn, *, T: int | None = None, encoding: str = "direct", probe
     """The unrolled ONNX model (``onnx.ModelProto``) of ``snn`` for ``T`` steps (default ``snn.T``).
 
     With ``probes=True`` it also outputs ``count.<module>``, each stateful operator's output summed over the T
-    steps (spike counts for IF neurons), for verification.
+    steps (spike counts for IF neurons), for verification. Under the exact convention the input and every
+    constant count ``N(t) = min(t, L)`` times and the logits are the running sums divided by ``N(t)``.
     """
     T = snn.T if T is None else int(T)
     if T <= 0:
         raise Ann2SnnError(f"T must be a positive number of time steps, got {T}")
-    if encoding not in ("direct", "sequence"):
+    if encoding not in ENCODINGS:
         raise Ann2SnnError(f"encoding must be 'direct' or 'sequence', got {encoding!r}")
-    gm: fx.GraphModule = snn.graph_module
-    check_graph_module(gm)
-    shapes = node_shapes(gm, snn.input_shape)
-    modules = dict(gm.named_modules())
-    em = Emitter("ann2snn_unrolled")
-    gs = em.gs
-    if encoding == "direct":
-        inp = gs.Variable("input", dtype=np.float32, shape=["batch", *snn.input_shape])
-    else:
-        inp = gs.Variable("input", dtype=np.float32, shape=[T, "batch", *snn.input_shape])
-    env: dict[fx.Node, object] = {}
-    promoted: dict[tuple, object] = {}
-    probe_outs = []
-    folded = readout_tail(gm, modules, shapes)
-    tail = folded[1] if folded else set()
-    # producers that may fold a neuron's comparison constant into their bias
-    offsets: dict[fx.Node, float] = {}
-    for n in gm.graph.nodes:
-        if classify_node(n, modules) == "stateful" and n.args and isinstance(n.args[0], fx.Node):
-            p, m = n.args[0], modules[n.target]
-            off = stateful_builder(n, m).input_offset(m)
-            if off is not None and len(p.users) == 1 and classify_node(p, modules) in OFFSETTABLE:
-                offsets[p] = off
-    shifted: set[fx.Node] = set()
+    check_graph_module(snn.graph_module)
+    return _Unroller(snn, T, encoding, probes).build()
 
-    def at_step(node, t):
-        v = env[node]
+
+class _Unroller:
+    """One unrolled emission: ``env`` maps each fx node to a static variable or a list of T accumulated ones."""
+
+    def __init__(self, snn, T: int, encoding: str, probes: bool) -> None:
+        self.snn, self.T, self.encoding, self.probes = snn, T, encoding, probes
+        self.n_of = snn.schedule.steps_counted  # N(t): injected steps a value has accumulated by step t
+        self.gm: fx.GraphModule = snn.graph_module
+        self.shapes = node_shapes(self.gm, snn.input_shape)
+        self.modules = dict(self.gm.named_modules())
+        self.em = Emitter("ann2snn_unrolled")
+        batch_shape = [BATCH, *snn.input_shape] if encoding == "direct" else [T, BATCH, *snn.input_shape]
+        self.inp = self.em.gs.Variable(INPUT, dtype=np.float32, shape=batch_shape)
+        self.env: dict[fx.Node, object] = {}
+        self.promoted: dict[tuple, object] = {}
+        self.probe_outs: list = []
+        self.shifted: set[fx.Node] = set()
+        self.offsets = self._offset_producers()
+
+    def _offset_producers(self) -> dict[fx.Node, float]:
+        """Producers that may fold their neuron's comparison constant into their bias (single use, affine)."""
+        offsets = {}
+        for n in self.gm.graph.nodes:
+            if classify_node(n, self.modules) == "stateful" and n.args and isinstance(n.args[0], fx.Node):
+                p, m = n.args[0], self.modules[n.target]
+                off = stateful_builder(n, m).input_offset(m)
+                if off is not None and len(p.users) == 1 and classify_node(p, self.modules) in OFFSETTABLE:
+                    offsets[p] = off
+        return offsets
+
+    def at_step(self, node: fx.Node, t: int):
+        """``node``'s value accumulated over steps 1..t."""
+        v = self.env[node]
         if isinstance(v, list):
             return v[t - 1]
-        if t == 1:
+        k = self.n_of(t)
+        if k == 1:
             return v
-        key = (node, t)
-        if key not in promoted:  # a time-invariant value accumulated over t steps
-            promoted[key] = em.op("Mul", [v, em.scalar(float(t))])
-        return promoted[key]
+        if (node, k) not in self.promoted:  # a time-invariant value accumulated over N(t) injected steps
+            self.promoted[node, k] = self.em.op("Mul", [v, self.em.scalar(float(k))])
+        return self.promoted[node, k]
 
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            if encoding == "direct":
-                env[node] = inp
-            else:
-                parts = em.gs.Node("Split", name=em.fresh("n_split"), attrs={"axis": 0},
-                                   inputs=[inp, em.const(np.ones(T, dtype=np.int64))],
-                                   outputs=[gs.Variable(em.fresh("x"), dtype=np.float32) for _ in range(T)])
-                em.graph.nodes.append(parts)
-                acc, axes = [], em.const(np.array([0], dtype=np.int64))
-                for p in parts.outputs:
-                    x = em.op("Squeeze", [p, axes])
-                    acc.append(x if not acc else em.op("Add", [acc[-1], x]))
-                env[node] = acc
-            continue
-        if node.op == "output":
-            break
-        if node in tail:
-            continue
-        kind = classify_node(node, modules)
+    def build(self):
+        folded = readout_tail(self.gm, self.modules, self.shapes)
+        tail = folded[1] if folded else set()
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                self.env[node] = self.inp if self.encoding == "direct" else self._sequence_input()
+            elif node.op == "output":
+                out = node.args[0]
+                break
+            elif node not in tail:
+                self._visit(node)
+        K = list(self.shapes[out])
+        if K != [int(np.prod(K))]:
+            raise Ann2SnnError(f"the network output must be [B, K] to export, got [B, {', '.join(map(str, K))}]")
+        per_step = self._folded_readout(folded, K) if folded else self._per_step_readout(out)
+        last = self.em.gs.Constant(self.em.fresh("last"), np.array(self.T - 1, dtype=np.int64))  # 0-d: drops axis
+        logits = self.em.op("Gather", [per_step, last], {"axis": 0}, name=LOGITS)
+        logits.shape, logits.dtype = [BATCH, *K], np.float32
+        per_step.shape, per_step.dtype = [self.T, BATCH, *K], np.float32
+        meta = metadata(self.snn, T=self.T, fmt=FORMAT_UNROLLED, encoding=self.encoding)
+        return self.em.finish([self.inp], [logits, per_step, *self.probe_outs], meta)
+
+    def _sequence_input(self) -> list:
+        """``[T, B, ...]`` pre-encoded input → its running sums, one variable per step."""
+        em, T = self.em, self.T
+        parts = em.gs.Node("Split", name=em.fresh("n_split"), attrs={"axis": 0},
+                           inputs=[self.inp, em.const(np.ones(T, dtype=np.int64))],
+                           outputs=[em.gs.Variable(em.fresh("x"), dtype=np.float32) for _ in range(T)])
+        em.graph.nodes.append(parts)
+        acc, axes = [], em.const(np.array([0], dtype=np.int64))
+        for p in parts.outputs:
+            x = em.op("Squeeze", [p, axes])
+            acc.append(x if not acc else em.op("Add", [acc[-1], x]))
+        return acc
+
+    def _visit(self, node: fx.Node) -> None:
+        kind = classify_node(node, self.modules)
         if kind == "size":
             raise UnsupportedNodeError(node, "size() calls are not exported; express shapes with torch.flatten")
         if kind == "stateful":
-            m: StatefulModule = modules[node.target]
-            builder = stateful_builder(node, m)
-            xs = [env[a] for a in node.args if isinstance(a, fx.Node)]
-            env[node] = builder.unrolled(em, m, xs, T, shifted=node.args[0] in shifted)
-            if probes:
-                v = env[node]
-                total = v[-1] if isinstance(v, list) else em.op("Mul", [v, em.scalar(float(T))])
-                probe = em.op("Identity", [total], name=PROBE_PREFIX + node.target)
-                probe.shape = ["batch", *shapes[node]]
-                probe_outs.append(probe)
-            continue
+            self._stateful(node)
+            return
         emit = stateless_emitter(node, kind)
-        m = modules.get(node.target) if node.op == "call_module" else None
+        m = self.modules.get(node.target) if node.op == "call_module" else None
         args = stateless_inputs(node)
-        if all(not isinstance(env.get(a), list) for a in args if a is not None):
-            env[node] = emit(em, node, m, [env[a] if a is not None else None for a in args], 1, shapes)
-        else:
-            extra = {"offset": offsets[node]} if node in offsets else {}
-            env[node] = [emit(em, node, m, [at_step(a, t) if a is not None else None for a in args], t, shapes,
-                              **extra) for t in range(1, T + 1)]
-            if extra:
-                shifted.add(node)
+        if all(not isinstance(self.env.get(a), list) for a in args if a is not None):
+            self.env[node] = emit(self.em, node, m, [self.env[a] if a is not None else None for a in args], 1,
+                                  self.shapes)
+            return
+        extra = {"offset": self.offsets[node]} if node in self.offsets else {}
+        self.env[node] = [emit(self.em, node, m, [self.at_step(a, t) if a is not None else None for a in args],
+                               self.n_of(t), self.shapes, **extra) for t in range(1, self.T + 1)]
+        if extra:
+            self.shifted.add(node)
 
-    K = list(shapes[node.args[0]])
-    axes = em.const(np.array([0], dtype=np.int64))
-    if folded:
+    def _stateful(self, node: fx.Node) -> None:
+        m: StatefulModule = self.modules[node.target]
+        xs = [self.env[a] for a in node.args if isinstance(a, fx.Node)]
+        v = stateful_builder(node, m).unrolled(self.em, m, xs, self.T, shifted=node.args[0] in self.shifted,
+                                               schedule=self.snn.schedule)
+        self.env[node] = v
+        if self.probes:
+            total = v[-1] if isinstance(v, list) else self.em.op("Mul", [v, self.em.scalar(float(self.n_of(self.T)))])
+            probe = self.em.op("Identity", [total], name=probe_name(node.target))
+            probe.shape = [BATCH, *self.shapes[node]]
+            self.probe_outs.append(probe)
+
+    def _folded_readout(self, folded, K: list[int]):
+        """``logits_per_step = J·c_t / N(t) + f(0)``: one MatMul over all steps (reads J once; per-step MatMuls
+        were 12% slower at batch 1, 3% faster at 256)."""
+        em, T = self.em, self.T
         src, _, J, f0 = folded
         jt = em.const(J.t().contiguous(), hint="readout")
-        # one MatMul over all steps reads J once (per-step MatMuls were 12% slower at batch 1, 3% faster at 256)
-        steps = em.op("Concat", [at_step(src, t) for t in range(1, T + 1)], {"axis": 0})  # [T·B, ...]
+        steps = em.op("Concat", [self.at_step(src, t) for t in range(1, T + 1)], {"axis": 0})  # [T·B, ...]
         flat = em.op("Flatten", [steps], {"axis": 1})
         stacked = em.op("Reshape", [em.op("MatMul", [flat, jt]), em.const(np.array([T, -1, *K], dtype=np.int64))])
-        inv_t = em.const(1.0 / np.arange(1, T + 1, dtype=np.float32).reshape(T, 1, 1), hint="inv_t")
+        counted = np.array([self.n_of(t) for t in range(1, T + 1)], dtype=np.float32)
+        inv_t = em.const(1.0 / counted.reshape(T, 1, 1), hint="inv_t")
         bias = em.const(f0.reshape(K), hint="readout_bias")
-        per_step = em.op("Add", [em.op("Mul", [stacked, inv_t]), bias], name="logits_per_step")
-        last_index = em.gs.Constant(em.fresh("last"), np.array(T - 1, dtype=np.int64))  # 0-d: Gather drops the axis
-        logits = em.op("Gather", [per_step, last_index], {"axis": 0}, name="logits")
-        if K != [int(np.prod(K))]:
-            raise Ann2SnnError(f"the network output must be [B, K] to export, got [B, {', '.join(map(str, K))}]")
-        logits.shape, logits.dtype = ["batch", *K], np.float32
-        per_step.shape, per_step.dtype = [T, "batch", *K], np.float32
-        meta = metadata(snn, T=T, fmt="unrolled", encoding=encoding)
-        return em.finish([inp], [logits, per_step, *probe_outs], meta)
-    out = env[node.args[0]]
-    if isinstance(out, list):
-        means = [em.op("Mul", [L, em.scalar(1.0 / t)], name="logits" if t == T else None)
-                 for t, L in enumerate(out, start=1)]
-    else:
-        means = [em.op("Identity", [out], name="logits")] * T
-    per_step = em.op("Concat", [em.op("Unsqueeze", [mt, axes]) for mt in means], {"axis": 0}, name="logits_per_step")
-    logits = means[-1]
-    logits.shape, logits.dtype = ["batch", *K], np.float32
-    per_step.shape, per_step.dtype = [T, "batch", *K], np.float32
-    meta = metadata(snn, T=T, fmt="unrolled", encoding=encoding)
-    return em.finish([inp], [logits, per_step, *probe_outs], meta)
+        return em.op("Add", [em.op("Mul", [stacked, inv_t]), bias], name=LOGITS_PER_STEP)
 
+    def _per_step_readout(self, out: fx.Node):
+        em, T = self.em, self.T
+        axes = em.const(np.array([0], dtype=np.int64))
+        v = self.env[out]
+        if isinstance(v, list):
+            means = [em.op("Mul", [acc, em.scalar(1.0 / self.n_of(t))]) for t, acc in enumerate(v, start=1)]
+        else:
+            means = [v] * T
+        return em.op("Concat", [em.op("Unsqueeze", [mt, axes]) for mt in means], {"axis": 0}, name=LOGITS_PER_STEP)

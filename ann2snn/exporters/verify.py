@@ -8,10 +8,10 @@ not *tie-sensitive*.
 Why tie-sensitive samples are set apart: PyTorch (oneDNN) and onnxruntime (MLAS) sum in different orders, so a
 membrane within a few float32 ulps of the threshold can fire in one and not in the other, and the difference then
 propagates. In real networks this is not rare (randomized full-size ResNet-20/-18 on 16 images: one export in
-three had 1–2 such samples). A sample is tie-sensitive when the simulator's own logits for it change once every
-IF neuron decides at ``(1 ± TIE_EPS)·θ`` with ``TIE_EPS = 1e-6`` (about 8 ulps at θ = 1); only such samples
-may differ, at least one sample must be compared strictly, and the counts are reported. A structural error in
-an export changes every sample, so it cannot hide there. A failure raises
+three had 1–2 such samples). A sample is tie-sensitive when the simulator's own logits or spike counts for it
+change once every neuron decides at ``(1 ± TIE_EPS)·θ`` with ``TIE_EPS = 1e-6`` (about 8 ulps at θ = 1); only
+such samples may differ, at least one sample must be compared strictly, and the counts are reported. A structural
+error in an export changes every sample, so it cannot hide there. A failure raises
 :class:`~ann2snn.errors.VerificationError`.
 """
 
@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from ann2snn.errors import VerificationError
-from ann2snn.neurons import IFNeuron, StatefulModule
-from ann2snn.simulator import run_steps, running_mean
+from ann2snn.exporters.contract import INPUT, LOGITS, LOGITS_PER_STEP, probe_name
+from ann2snn.neurons import StatefulModule
+from ann2snn.simulator import readout, run_steps
 
 __all__ = ["verify_unrolled", "verify_stateful", "reference", "tie_sensitive", "example_batch", "RTOL", "ATOL",
            "TIE_EPS"]
@@ -54,29 +55,16 @@ def reference(snn, x: torch.Tensor, T: int, *, encoding: str = "direct") -> tupl
         if node.op == "call_module" and isinstance(snn.graph_module.get_submodule(node.target), StatefulModule):
             totals[node.target] = output.sum(0).numpy()
 
-    out = run_steps(snn.graph_module, x, T, encoding=encoding, observer=observe)
-    return running_mean(out).numpy(), totals
-
-
-class _TieProbe(IFNeuron):
-    """An IF neuron that fires at ``factor·θ`` but emits and subtracts θ as usual: only its decisions move."""
-
-    def __init__(self, m: IFNeuron, factor: float) -> None:
-        super().__init__(m.threshold, shift=m.shift)
-        self.factor = factor
-
-    def step(self, x: torch.Tensor, *, state):
-        (v,) = state
-        v = v + x
-        theta = 1.0 if self.unit_threshold else self.threshold.to(x)
-        out = (v >= theta * self.factor).to(x.dtype) * theta
-        return out, (v - out,)
+    out = run_steps(snn.graph_module, x, T, encoding=encoding, observer=observe, schedule=snn.schedule)
+    return readout(out, snn.schedule).numpy(), totals
 
 
 @torch.no_grad()
 def tie_sensitive(snn, x: torch.Tensor, T: int, ref_logits: np.ndarray, *, encoding: str = "direct",
-                  eps: float = TIE_EPS) -> np.ndarray:
-    """``[B]`` bool: samples whose simulated logits change when every IF neuron decides at ``(1 ± eps)·θ``."""
+                  eps: float = TIE_EPS, ref_counts: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """``[B]`` bool: samples whose simulated logits (or, given ``ref_counts``, any operator's output summed over T)
+    change when every neuron decides at ``(1 ± eps)·θ`` (each stateful operator's own
+    :meth:`~ann2snn.neurons.StatefulModule.tie_probe`)."""
     import copy
 
     from ann2snn.passes.graph import set_module
@@ -85,10 +73,21 @@ def tie_sensitive(snn, x: torch.Tensor, T: int, ref_logits: np.ndarray, *, encod
     for factor in (1.0 + eps, 1.0 - eps):
         gm = copy.deepcopy(snn.graph_module)
         for name, m in list(gm.named_modules()):
-            if isinstance(m, IFNeuron):
-                set_module(gm, name, _TieProbe(m, factor))
-        out = running_mean(run_steps(gm, x, T, encoding=encoding)).numpy()
+            probe = m.tie_probe(factor) if isinstance(m, StatefulModule) else None
+            if probe is not None:
+                set_module(gm, name, probe)
+        totals: dict[str, torch.Tensor] = {}
+
+        def observe(node, inputs, output, gm=gm, totals=totals):
+            if node.op == "call_module" and isinstance(gm.get_submodule(node.target), StatefulModule):
+                totals[node.target] = output.sum(0)
+
+        out = readout(run_steps(gm, x, T, encoding=encoding, schedule=snn.schedule,
+                                observer=observe if ref_counts else None), snn.schedule).numpy()
         sensitive |= ~_close(out, ref_logits)
+        for name, ref in (ref_counts or {}).items():
+            moved = np.abs(totals[name].numpy() - ref) > 1e-3 * np.maximum(1.0, np.abs(ref))
+            sensitive |= moved.reshape(moved.shape[0], -1).any(1)
     return sensitive
 
 
@@ -139,30 +138,29 @@ def verify_unrolled(snn, model_bytes: bytes, probe_bytes: bytes | None, *, T: in
     ref_logits, ref_counts = reference(snn, x, T, encoding=encoding) if ref is None else ref
     sess, used = make_session(model_bytes, provider=provider)
     names = [o.name for o in sess.get_outputs()]
-    outs = dict(zip(names, sess.run(None, {"input": x.numpy()})))
-    if not np.allclose(outs["logits"], outs["logits_per_step"][-1]):
+    outs = dict(zip(names, sess.run(None, {INPUT: x.numpy()})))
+    if not np.allclose(outs[LOGITS], outs[LOGITS_PER_STEP][-1]):
         raise VerificationError("the unrolled ONNX graph's logits differ from its last per-step logits; "
                                 "the export is wrong, please report it")
     counts: dict[str, Any] = {}
     count_bad = None
     if probe_bytes is not None:
-        from ann2snn.exporters.onnx_unrolled import PROBE_PREFIX
-
         psess, _ = make_session(probe_bytes, provider=provider)
         pnames = [o.name for o in psess.get_outputs()]
-        pouts = dict(zip(pnames, psess.run(None, {"input": x.numpy()})))
+        pouts = dict(zip(pnames, psess.run(None, {INPUT: x.numpy()})))
         total = equal = 0
         per_op = {}
         count_bad = np.zeros(ref_logits.shape[1], dtype=bool)
         for name, r in ref_counts.items():
-            same = np.abs(pouts[PROBE_PREFIX + name] - r) <= 1e-3 * np.maximum(1.0, np.abs(r))
+            same = np.abs(pouts[probe_name(name)] - r) <= 1e-3 * np.maximum(1.0, np.abs(r))
             count_bad |= ~same.reshape(same.shape[0], -1).all(1)
             per_op[name] = float(same.mean())
             total, equal = total + r.size, equal + int(same.sum())
         counts = {"spike_count_agreement": equal / max(total, 1), "spike_counts_compared": total,
                   "spike_count_agreement_min_op": min(per_op.values(), default=1.0)}
-    rep = _compare(outs["logits_per_step"], ref_logits, "the unrolled ONNX graph",
-                   lambda: tie_sensitive(snn, x, T, ref_logits, encoding=encoding), also_bad=count_bad)
+    rep = _compare(outs[LOGITS_PER_STEP], ref_logits, "the unrolled ONNX graph",
+                   lambda: tie_sensitive(snn, x, T, ref_logits, encoding=encoding, ref_counts=ref_counts),
+                   also_bad=count_bad)
     rep.update(counts)
     rep.update(provider=used, seconds=time.perf_counter() - t0)
     return rep

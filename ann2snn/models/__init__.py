@@ -20,22 +20,10 @@ from typing import Callable
 from torch import nn
 
 from ann2snn.errors import Ann2SnnError
+from ann2snn.models.registry import REGISTRY as _REGISTRY
+from ann2snn.models.registry import register
 
 __all__ = ["register", "create", "available", "builtin", "import_arch_module"]
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register(name: str):
-    """Decorator: make ``fn(**kwargs) -> nn.Module`` available as ``create(name, **kwargs)``."""
-
-    def deco(fn):
-        _REGISTRY[name] = fn
-        fn.arch_name = name
-        return fn
-
-    return deco
-
 
 def available() -> dict[str, Callable[..., nn.Module]]:
     """Registered architectures by name (the zoo and any registered by user code)."""

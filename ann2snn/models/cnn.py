@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ann2snn.models import register
 from ann2snn.models.common import act_spec
+from ann2snn.models.registry import register
 
 
 def _conv_block(cin, cout, k, act, *, padding=0, bn=True):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ann2snn.models import register
 from ann2snn.models.common import act_spec
+from ann2snn.models.registry import register
 
 _CFG16 = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P", 512, 512, 512, "P", 512, 512, 512, "P")
 

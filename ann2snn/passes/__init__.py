@@ -1,5 +1,8 @@
 """Graph passes over a traced QANN, one per file, run in order by :func:`run_pipeline`.
 
+Each pass is ``fn(gm, **options) -> PassResult``: the graph module, what it changed, and the headline counters
+it declares; the report sums those counters, so a new pass never edits :class:`ConversionReport`.
+
 >>> gm, report = run_pipeline(qann, example_input=torch.zeros(1, 1, 8, 8))
 >>> print(report.summary())
 """
@@ -15,26 +18,30 @@ import torch
 from torch import fx, nn
 
 from ann2snn.errors import Ann2SnnError, ConversionError
-from ann2snn.passes.convert_maxpool import convert_maxpool
 from ann2snn.passes.fold_batchnorm import fold_batchnorm
 from ann2snn.passes.fold_thresholds import fold_thresholds
+from ann2snn.passes.graph import PassResult
 from ann2snn.passes.normalize import normalize
-from ann2snn.passes.replace_qcfs import replace_qcfs_with_if
+from ann2snn.passes.to_spiking import to_spiking
 from ann2snn.passes.trace import trace
 
-__all__ = ["trace", "normalize", "fold_batchnorm", "fold_thresholds", "replace_qcfs_with_if", "convert_maxpool",
-           "run_pipeline", "ConversionReport", "PassRecord", "DEFAULT_PASSES"]
+__all__ = ["trace", "normalize", "fold_batchnorm", "fold_thresholds", "to_spiking", "run_pipeline", "PassResult",
+           "ConversionReport", "PassRecord", "DEFAULT_PASSES"]
+
+#: passes of earlier versions, now part of ``to_spiking`` (reports saved by them still read)
+_RENAMED = {"replace_qcfs_with_if": "to_spiking", "convert_maxpool": "to_spiking"}
 
 
 @dataclass
 class PassRecord:
-    """What one pass did: its counters and lists, node counts before and after, and its run time."""
+    """What one pass did: its changes, its declared counters, node counts before and after, and its run time."""
 
     name: str
     changes: dict[str, Any]
     nodes_before: int
     nodes_after: int
     seconds: float
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -44,27 +51,19 @@ class ConversionReport:
     passes: list[PassRecord] = field(default_factory=list)
 
     def get(self, name: str) -> dict[str, Any]:
+        """The changes of pass ``name`` (``{}`` when it did not run)."""
         for p in self.passes:
             if p.name == name:
                 return p.changes
-        return {}
+        return self.get(_RENAMED[name]) if name in _RENAMED else {}
 
     def counts(self) -> dict[str, int]:
-        """The headline numbers: what was folded, kept, replaced."""
-        bn = self.get("fold_batchnorm")
-        th = self.get("fold_thresholds")
-        return {
-            "batchnorm_folded": len(bn.get("folded", [])),
-            "batchnorm_kept_as_affine": len(bn.get("kept_as_affine", [])),
-            "qcfs_found": len(th.get("thresholds", [])),
-            "thresholds_folded": len(th.get("thresholds", [])),
-            "producers_rescaled": len(th.get("rescaled_producers", [])),
-            "explicit_scales": len(th.get("explicit_scales", [])),
-            "if_neurons": len(self.get("replace_qcfs_with_if").get("neurons", [])),
-            "spiking_maxpools": len(self.get("convert_maxpool").get("spiking_maxpools", [])),
-            "relus_removed": self.get("normalize").get("relus_removed", 0),
-            "identities_removed": self.get("normalize").get("identities_removed", 0),
-        }
+        """The headline numbers (what was folded, kept, replaced): every pass's declared counters, summed."""
+        out: dict[str, int] = {}
+        for p in self.passes:
+            for k, v in p.counters.items():
+                out[k] = out.get(k, 0) + int(v)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts(), "passes": [p.__dict__ for p in self.passes]}
@@ -77,14 +76,27 @@ def _count(gm: fx.GraphModule) -> int:
     return sum(1 for _ in gm.graph.nodes)
 
 
-#: The pipeline: (name, pass). Each pass takes ``(gm, *, record, **options)`` and returns the GraphModule.
-DEFAULT_PASSES: tuple[tuple[str, Callable[..., fx.GraphModule]], ...] = (
+#: The pipeline: (name, pass). Each pass takes ``(gm, **options)`` and returns a :class:`PassResult`.
+DEFAULT_PASSES: tuple[tuple[str, Callable[..., PassResult]], ...] = (
     ("normalize", normalize),
     ("fold_batchnorm", fold_batchnorm),
     ("fold_thresholds", fold_thresholds),
-    ("replace_qcfs_with_if", replace_qcfs_with_if),
-    ("convert_maxpool", convert_maxpool),
+    ("to_spiking", to_spiking),
 )
+
+
+def _pass_options(options: dict[str, dict[str, Any]] | None, passes) -> dict[str, dict[str, Any]]:
+    """Per-pass options, with the old ``{"convert_maxpool": {"mode": m}}`` read as ``to_spiking(maxpool=m)``."""
+    options = {k: dict(v) for k, v in (options or {}).items()}
+    legacy = options.pop("convert_maxpool", None)
+    if legacy is not None:
+        options.setdefault("to_spiking", {}).setdefault("maxpool", legacy.get("mode", "spiking"))
+    known = {name for name, _ in passes} | {name for name, _ in DEFAULT_PASSES}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConversionError(f"options given for unknown passes {unknown}; the passes are "
+                              f"{', '.join(sorted(known))}")
+    return options
 
 
 def run_pipeline(
@@ -99,13 +111,13 @@ def run_pipeline(
     Args:
         model: the QANN (left untouched).
         example_input: one batch the model accepts (shapes for the passes).
-        passes: ``(name, fn)`` pairs; stop early (e.g. before ``replace_qcfs_with_if``) to get the folded QANN.
-        options: per-pass keyword options, e.g. ``{"convert_maxpool": {"mode": "error"}}``.
+        passes: ``(name, fn)`` pairs; stop early (e.g. before ``to_spiking``) to get the folded QANN.
+        options: per-pass keyword options, e.g. ``{"to_spiking": {"convention": "exact", "maxpool": "error"}}``.
 
     Returns:
         The spiking GraphModule (in eval mode) and the report.
     """
-    options = options or {}
+    options = _pass_options(options, passes)
     report = ConversionReport()
     work = copy.deepcopy(model).eval()
     t0 = time.perf_counter()
@@ -114,15 +126,18 @@ def run_pipeline(
     done = ["trace"]
     for name, fn in passes:
         before = _count(gm)
-        rec: dict[str, Any] = {}
         t0 = time.perf_counter()
         try:
             with torch.no_grad():
-                gm = fn(gm, record=rec, **options.get(name, {}))
+                result = fn(gm, **options.get(name, {}))
         except Ann2SnnError:
             raise
         except Exception as exc:
             raise ConversionError(f"pass {name} failed after [{', '.join(done)}]: {type(exc).__name__}: {exc}") from exc
-        report.passes.append(PassRecord(name, rec, before, _count(gm), time.perf_counter() - t0))
+        if isinstance(result, fx.GraphModule):  # a plain fx pass: nothing declared
+            result = PassResult(result)
+        gm = result.gm
+        report.passes.append(PassRecord(name, dict(result.changes), before, _count(gm), time.perf_counter() - t0,
+                                        dict(result.counters)))
         done.append(name)
     return gm.eval(), report

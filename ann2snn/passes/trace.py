@@ -7,11 +7,13 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ann2snn.errors import ConversionError
-from ann2snn.layers import QCFS, Affine
 from ann2snn.neurons import StatefulModule
+from ann2snn.ops import REGISTRY
 
-#: Modules kept as single nodes (leaves) besides torch.nn's own.
-LEAF_MODULES = (QCFS, Affine, StatefulModule)
+#: Modules kept as single nodes (leaves) besides torch.nn's own: every spiking operator and every module class
+#: with an operator record (QCFS family, Affine, ...), so a new operator's class is traced whole by its record.
+LEAF_MODULES: tuple[type, ...] = (StatefulModule, *dict.fromkeys(
+    cls for r in REGISTRY for cls in r.modules if not cls.__module__.startswith("torch.")))
 
 
 class Ann2SnnTracer(fx.Tracer):

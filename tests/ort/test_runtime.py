@@ -1,0 +1,67 @@
+"""The stateful runtime: states driven from their specs alone, and the read-out of each time convention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from ann2snn.errors import Ann2SnnError
+from ann2snn.exporters import contract as C
+from ann2snn.runtime import StatefulRunner
+
+V0 = np.array([1.0, 2.0], dtype=np.float32)
+
+
+def _stepper(convention: str, length: int | None, fmt: str = "stateful") -> bytes:
+    """A hand-written one-step graph of an operator kind no exporter knows: ``v += x; n += 1; out = v + n``.
+
+    Its two states have different initial forms (values, fill) and their outputs come in the opposite order of
+    the specs, so the runner must bind them by name.
+    """
+    states = (C.StateSpec("acc", "v", "made-up", (2,), values=V0.tolist()),
+              C.StateSpec("acc", "n", "made-up", (1,), fill=0.5))
+    v, n = states
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    nodes = [helper.make_node("Add", [v.input, C.INPUT], ["v_new"]),
+             helper.make_node("Add", [n.input, "one"], ["n_new"]),
+             helper.make_node("Add", ["v_new", "n_new"], [C.LOGITS_T]),
+             helper.make_node("Identity", ["n_new"], [n.output]),
+             helper.make_node("Identity", ["v_new"], [v.output])]
+    def value(name, width):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width])
+
+    graph = helper.make_graph(nodes, "stepper", [value(C.INPUT, 2), value(v.input, 2), value(n.input, 1)],
+                              [value(C.LOGITS_T, 2), value(n.output, 1), value(v.output, 2)], initializer=[one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 10)
+    meta = C.ModelMetadata(format=fmt, T=3, input_shape=(2,), convention=convention, schedule_length=length,
+                           states=states)
+    for k, val in meta.to_props().items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, val
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("convention,length,divisors", [("rate", None, [1, 2, 3, 4]), ("exact", 2, [1, 2, 2, 2])])
+def test_runner_drives_any_state_and_reads_out_by_convention(convention, length, divisors):
+    runner = StatefulRunner(_stepper(convention, length), provider="cpu")
+    assert (runner.convention, runner.schedule_length, runner.T) == (convention, length, 3)
+    x = np.array([[1.0, 0.0], [0.0, -1.0]], dtype=np.float32)
+    t = np.arange(1, 5, dtype=np.float32).reshape(-1, 1, 1)
+    instant = V0 + t * x + (0.5 + t)  # v_t + n_t
+    np.testing.assert_allclose(runner.run_instant(x, 4), instant, rtol=1e-6)
+    expected = np.cumsum(instant, 0) / np.array(divisors, dtype=np.float32).reshape(-1, 1, 1)
+    np.testing.assert_allclose(runner.run(x, 4), expected, rtol=1e-6)
+    assert runner.run(x).shape == (3, 2, 2)  # T from the metadata
+
+
+def test_runner_refuses_an_unrolled_file():
+    with pytest.raises(Ann2SnnError, match="not an ann2snn stateful ONNX file"):
+        StatefulRunner(_stepper("rate", None, fmt="unrolled"), provider="cpu")
+
+
+def test_read_metadata_from_a_session():
+    runner = StatefulRunner(_stepper("exact", 2), provider="cpu")
+    meta = C.read_metadata(runner.session)
+    assert meta == runner.metadata and [s.input for s in meta.states] == ["state.acc.v", "state.acc.n"]
