@@ -13,7 +13,7 @@ from ann2snn._version import __version__
 from ann2snn.checkpoint import load, save
 from ann2snn.errors import Ann2SnnError, CheckpointError, ConversionError, UnsupportedNodeError, VerificationError
 from ann2snn.exporters import export
-from ann2snn.layers import QCFS, Affine, to_channelwise
+from ann2snn.layers import QCFS, Affine, SignedQCFS, to_channelwise
 from ann2snn.network import ConversionInfo, SpikingNetwork, convert, simulate
 from ann2snn.neurons import BipolarNeuron, IFNeuron, SpikingMaxPool2d, StatefulModule
 from ann2snn.prepare import prepare
@@ -33,6 +33,7 @@ __all__ = [
     "TimeSchedule",
     "BipolarNeuron",
     "QCFS",
+    "SignedQCFS",
     "Affine",
     "to_channelwise",
     "IFNeuron",

@@ -101,7 +101,7 @@ def inspect_graph(model: nn.Module, *, example_input: torch.Tensor | None = None
     th = report.get("fold_thresholds")
     orig = {t["node"]: t for t in th.get("thresholds", [])}
     neurons = []
-    for n in report.get("replace_qcfs_with_if").get("neurons", []):
+    for n in report.get("to_spiking").get("neurons", []):
         o = orig.get(n["node"], {})
         neurons.append({**n, "original_min": o.get("min"), "original_max": o.get("max"),
                         "granularity": o.get("granularity"), "count": o.get("count")})

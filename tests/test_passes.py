@@ -272,7 +272,6 @@ def test_report_sums_the_counters_each_pass_declares():
     assert counts == {k: v for p in report.passes for k, v in p.counters.items()}  # one pass per counter here
     assert counts["if_neurons"] == counts["qcfs_found"] == 2 and counts["bipolar_neurons"] == 0
     assert counts["spiking_maxpools"] == 2 and counts["batchnorm_folded"] == 2
-    assert report.get("replace_qcfs_with_if") is report.get("to_spiking")  # reports of the old pass names read
     assert report.summary().startswith("relus_removed=0, identities_removed=")
 
     def plain(gm):  # a torch.fx pass that declares nothing still runs
@@ -283,11 +282,11 @@ def test_report_sums_the_counters_each_pass_declares():
     assert "if_neurons" not in report.counts()
 
 
-def test_pass_options_old_key_and_unknown_pass():
+def test_pass_options_and_unknown_pass():
     qann = randomize(ann2snn.models.create("mnist-cnn", pool="max", levels=4))
     x = _inputs(qann, 2)
     with pytest.raises(UnsupportedNodeError, match="average pooling"):
-        run_pipeline(qann, example_input=x, options={"convert_maxpool": {"mode": "error"}})
+        run_pipeline(qann, example_input=x, options={"to_spiking": {"maxpool": "error"}})
     with pytest.raises(ConversionError, match="unknown passes"):
         run_pipeline(qann, example_input=x, options={"fold_everything": {}})
     with pytest.raises(Ann2SnnError, match="convention"):

@@ -91,10 +91,6 @@ def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None 
     Example:
         >>> ann2snn.export(ann2snn.convert(qann, T=4), "digits.snn.onnx")
     """
-    from ann2snn.exporters import verify as V
-    from ann2snn.exporters.onnx_stateful import build_stateful
-    from ann2snn.exporters.onnx_unrolled import build_unrolled
-
     if format not in FORMATS:
         raise Ann2SnnError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     T = snn.T if T is None else T
@@ -106,34 +102,59 @@ def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None 
             if p.exists():
                 raise CheckpointError(f"{p} already exists; pass --force (force=True) to overwrite it")
     seconds: dict[str, float] = {}
-    built: dict[str, bytes] = {}
-    probe = None
-    specs = None
     t0 = time.perf_counter()
-    if FORMAT_UNROLLED in paths:
-        built[FORMAT_UNROLLED] = build_unrolled(snn, T=T, encoding=encoding).SerializeToString()
-        if verify:
-            probe = build_unrolled(snn, T=T, encoding=encoding, probes=True).SerializeToString()
-    if FORMAT_STATEFUL in paths:
-        model, specs = build_stateful(snn, T=T, encoding=encoding)
-        built[FORMAT_STATEFUL] = model.SerializeToString()
+    built, probe, specs = _build(snn, paths, T=T, encoding=encoding, probes=verify)
     seconds["build"] = time.perf_counter() - t0
     report: dict[str, Any] = {}
     if verify:
         t0 = time.perf_counter()
-        x = V.example_batch(snn, batch=verify_batch, T=T, encoding=encoding) if verify_input is None else verify_input
-        ref = V.reference(snn, x, T, encoding=encoding)
-        if FORMAT_UNROLLED in built:
-            report[FORMAT_UNROLLED] = V.verify_unrolled(snn, built[FORMAT_UNROLLED], probe, T=T, encoding=encoding,
-                                                        x=x, provider=provider, ref=ref)
-        if FORMAT_STATEFUL in built:
-            report[FORMAT_STATEFUL] = V.verify_stateful(snn, built[FORMAT_STATEFUL], T=T, encoding=encoding, x=x,
-                                                        provider=provider, ref=ref)
+        report = _verify(snn, built, probe, T=T, encoding=encoding, provider=provider, x=verify_input,
+                         batch=verify_batch)
         seconds["verify"] = time.perf_counter() - t0
     states = [s if isinstance(s, StateSpec) else StateSpec.from_json(s) for s in specs or ()]
     meta = ModelMetadata.for_network(snn, T=T, format=FORMAT_STATEFUL if specs is not None else FORMAT_UNROLLED,
                                      encoding=encoding, states=states)
     sidecar = build_sidecar(meta, files={k: paths[k].name for k in built}, verification=report)
+    _write_all(built, sidecar, paths, force=force)
+    return ExportResult(files={k: paths[k] for k in built}, sidecar=paths["sidecar"], verification=report,
+                        seconds=seconds)
+
+
+def _build(snn, paths: dict[str, Path], *, T: int, encoding: str, probes: bool):
+    """The serialized graphs per format, the unrolled probe twin (when ``probes``) and the stateful specs."""
+    from ann2snn.exporters.onnx_stateful import build_stateful
+    from ann2snn.exporters.onnx_unrolled import build_unrolled
+
+    built: dict[str, bytes] = {}
+    probe = specs = None
+    if FORMAT_UNROLLED in paths:
+        built[FORMAT_UNROLLED] = build_unrolled(snn, T=T, encoding=encoding).SerializeToString()
+        if probes:
+            probe = build_unrolled(snn, T=T, encoding=encoding, probes=True).SerializeToString()
+    if FORMAT_STATEFUL in paths:
+        model, specs = build_stateful(snn, T=T, encoding=encoding)
+        built[FORMAT_STATEFUL] = model.SerializeToString()
+    return built, probe, specs
+
+
+def _verify(snn, built: dict[str, bytes], probe, *, T: int, encoding: str, provider: str, x, batch: int):
+    """Each built graph on onnxruntime against the simulator, on one batch (raises on a mismatch)."""
+    from ann2snn.exporters import verify as V
+
+    x = V.example_batch(snn, batch=batch, T=T, encoding=encoding) if x is None else x
+    ref = V.reference(snn, x, T, encoding=encoding)
+    report: dict[str, Any] = {}
+    if FORMAT_UNROLLED in built:
+        report[FORMAT_UNROLLED] = V.verify_unrolled(snn, built[FORMAT_UNROLLED], probe, T=T, encoding=encoding,
+                                                    x=x, provider=provider, ref=ref)
+    if FORMAT_STATEFUL in built:
+        report[FORMAT_STATEFUL] = V.verify_stateful(snn, built[FORMAT_STATEFUL], T=T, encoding=encoding, x=x,
+                                                    provider=provider, ref=ref)
+    return report
+
+
+def _write_all(built: dict[str, bytes], sidecar: dict, paths: dict[str, Path], *, force: bool) -> None:
+    """Write every file atomically; if one fails, remove the ones already written (nothing half-done)."""
     written: list[Path] = []
     try:
         for k, data in built.items():
@@ -144,5 +165,3 @@ def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None 
         for p in written:
             p.unlink(missing_ok=True)
         raise
-    return ExportResult(files={k: paths[k] for k in built}, sidecar=paths["sidecar"], verification=report,
-                        seconds=seconds)

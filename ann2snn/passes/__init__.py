@@ -28,10 +28,6 @@ from ann2snn.passes.trace import trace
 __all__ = ["trace", "normalize", "fold_batchnorm", "fold_thresholds", "to_spiking", "run_pipeline", "PassResult",
            "ConversionReport", "PassRecord", "DEFAULT_PASSES"]
 
-#: passes of earlier versions, now part of ``to_spiking`` (reports saved by them still read)
-_RENAMED = {"replace_qcfs_with_if": "to_spiking", "convert_maxpool": "to_spiking"}
-
-
 @dataclass
 class PassRecord:
     """What one pass did: its changes, its declared counters, node counts before and after, and its run time."""
@@ -55,7 +51,7 @@ class ConversionReport:
         for p in self.passes:
             if p.name == name:
                 return p.changes
-        return self.get(_RENAMED[name]) if name in _RENAMED else {}
+        return {}
 
     def counts(self) -> dict[str, int]:
         """The headline numbers (what was folded, kept, replaced): every pass's declared counters, summed."""
@@ -86,11 +82,8 @@ DEFAULT_PASSES: tuple[tuple[str, Callable[..., PassResult]], ...] = (
 
 
 def _pass_options(options: dict[str, dict[str, Any]] | None, passes) -> dict[str, dict[str, Any]]:
-    """Per-pass options, with the old ``{"convert_maxpool": {"mode": m}}`` read as ``to_spiking(maxpool=m)``."""
+    """Per-pass options; options for a pass that is not in the pipeline are an error (a typo must not pass)."""
     options = {k: dict(v) for k, v in (options or {}).items()}
-    legacy = options.pop("convert_maxpool", None)
-    if legacy is not None:
-        options.setdefault("to_spiking", {}).setdefault("maxpool", legacy.get("mode", "spiking"))
     known = {name for name, _ in passes} | {name for name, _ in DEFAULT_PASSES}
     unknown = sorted(set(options) - known)
     if unknown:
