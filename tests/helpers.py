@@ -9,6 +9,17 @@ import ann2snn
 from ann2snn.layers import QCFS, qcfs_modules
 
 
+class Fn(nn.Module):
+    """A functional call inside a model (traced through: it becomes a call_function / call_method node)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
 @torch.no_grad()
 def quantized_levels(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Every QCFS output of ``model`` on ``x`` as integer levels ``round(y·L/θ)``."""

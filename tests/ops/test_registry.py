@@ -8,7 +8,7 @@ import operator
 
 import pytest
 import torch
-from helpers import level_mismatch_fraction, randomize
+from helpers import Fn, level_mismatch_fraction, randomize
 from torch import fx, nn
 from torch.nn import functional as F
 
@@ -20,17 +20,6 @@ from ann2snn.ops.registry import _index
 from ann2snn.passes import DEFAULT_PASSES, run_pipeline, trace
 
 FOLD_PASSES = DEFAULT_PASSES[:3]  # normalize, fold_batchnorm, fold_thresholds: still a QANN, in threshold units
-
-
-class Fn(nn.Module):
-    """A functional call inside a model (traced through: it becomes a call_function / call_method node)."""
-
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 def _iadd_graph() -> fx.GraphModule:

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import pytest
 import torch
-from helpers import randomize
+from helpers import Fn, randomize
 from torch import nn
 from torch.nn import functional as F
 
@@ -23,17 +23,6 @@ from ann2snn.ops import kind_of, stateful_kinds, stateless_kinds
 
 CONVENTIONS = ["rate", "exact"]
 L = 4
-
-
-class Fn(nn.Module):
-    """A functional call inside a model (traced through into a call_function / call_method node)."""
-
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 def q(c: int | None = None) -> QCFS:
