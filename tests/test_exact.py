@@ -14,7 +14,7 @@ from torch import nn
 
 import ann2snn
 from ann2snn.errors import Ann2SnnError
-from ann2snn.layers import QCFS
+from ann2snn.layers import QCFS, SignedQCFS
 from ann2snn.neurons import BipolarNeuron, IFNeuron
 from ann2snn.simulator import TimeSchedule, readout
 
@@ -44,10 +44,24 @@ def test_bipolar_neuron_equals_qcfs_for_constant_input_at_T_equal_L(levels, C, s
     n = BipolarNeuron(theta, shift=0.5, n_min=-levels if signed else 0, n_max=levels)
     out = n.multi_step(z.unsqueeze(0).expand(levels, *z.shape))
     assert torch.equal(out.sum(0) / theta, _signed_level(z, theta, levels, signed=signed))
-    if not signed:
-        q = QCFS(levels, granularity="neuron", num_channels=C, positive="none")
-        q.lam.data.copy_(theta)
-        assert torch.equal(out.sum(0) / levels, q(z).detach())
+    q = (SignedQCFS(levels, alpha=1.0, granularity="neuron", num_channels=C, positive="none") if signed
+         else QCFS(levels, granularity="neuron", num_channels=C, positive="none"))
+    q.lam.data.copy_(theta)
+    assert torch.equal(out.sum(0) / levels, q(z).detach())
+
+
+@settings(max_examples=100, deadline=None)
+@given(levels=st.integers(1, 8), alpha=st.sampled_from([0.125, 0.25, 0.5, 2.0]), seed=st.integers(0, 2**31 - 1))
+def test_signed_neuron_with_a_negative_threshold_equals_signed_qcfs(levels, alpha, seed):
+    """SignedQCFS with slope α (θ_n = α·θ) and the bipolar neuron with ``neg_threshold = θ_n``, counts in [−L, L],
+    constant input for T = L steps: the same value, negative side included (dyadic grid: exact arithmetic)."""
+    g = torch.Generator().manual_seed(seed)
+    theta, z = _dyadic(g, 3)
+    q = SignedQCFS(levels, alpha=alpha, granularity="neuron", num_channels=3, positive="none")
+    q.lam.data.copy_(theta)
+    n = BipolarNeuron(theta, neg_threshold=q.neg_threshold.detach(), n_min=-levels, n_max=levels)
+    out = n.multi_step(z.unsqueeze(0).expand(levels, *z.shape))
+    assert torch.equal(out.sum(0) / levels, q(z).detach())
 
 
 @settings(max_examples=150, deadline=None)
