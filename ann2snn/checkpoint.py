@@ -38,7 +38,7 @@ def save(obj: nn.Module, path: str | os.PathLike, *, meta: dict[str, Any] | None
          force: bool = False) -> Path:
     """Write a QANN (zoo-built) or a :class:`SpikingNetwork` to ``path`` in the safe format, atomically.
 
-    Example:
+    Examples:
         >>> ann2snn.save(qann, "digits.pt", meta={"test_accuracy": 0.97})
     """
     if isinstance(obj, SpikingNetwork):

@@ -291,7 +291,7 @@ def load_dataset(spec: str, **kw) -> Dataset:
     ``$ANN2SNN_CIFAR10`` / ``$ANN2SNN_CIFAR100``. Keyword arguments go to the loader (``seed`` for digits,
     ``normalize`` for the others).
 
-    Example:
+    Examples:
         >>> data = load_dataset("cifar10:/data/cifar-10-batches-py")
     """
     name, _, path = spec.partition(":")

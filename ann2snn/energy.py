@@ -76,7 +76,7 @@ def _synapses(m: nn.Module) -> Synapses:
 def fanout_map(m: nn.Module, sample_shape: tuple[int, ...]) -> torch.Tensor:
     """How many output neurons of ``m`` each input element of one sample (shape ``sample_shape``) reaches.
 
-    Example:
+    Examples:
         >>> fanout_map(nn.Conv2d(1, 2, 3, padding=1), (1, 3, 3))[0]   # 2 channels × 4, 6 or 9 positions
         tensor([[ 8., 12.,  8.], [12., 18., 12.], [ 8., 12.,  8.]])
     """
@@ -138,7 +138,7 @@ class ActivityMonitor:
     count the samples, then read :meth:`summary`. Counts are per step, so the numbers at every T' ≤ T come from
     the same run (the first T' steps of a T-step run are a T'-step run).
 
-    Example:
+    Examples:
         >>> mon = ActivityMonitor(snn.graph_module, T=8)
         >>> for xb, _ in batches(x, y, 256):
         ...     run_steps(snn.graph_module, xb, 8, observer=mon)

@@ -75,7 +75,8 @@ def evaluate(model: nn.Module, data: Dataset | tuple[torch.Tensor, torch.Tensor]
         Ts: time steps to report; each SNN runs once for ``max(Ts)`` steps.
         convention: ``"rate"``, ``"exact"``, or several (``"rate,exact"`` or a list): each converts its own SNN
             (``ann2snn.convert(model, T=max(Ts), convention=...)``); all run on the same batches.
-        batch_size / limit: mini-batch size; evaluate only the first ``limit`` samples.
+        batch_size: mini-batch size.
+        limit: evaluate only the first ``limit`` samples (None: all).
         energy: energy constants (:class:`~ann2snn.energy.EnergyModel`, defaults E_MAC 4.6 pJ, E_AC 0.9 pJ).
         snn: an already converted :class:`SpikingNetwork` of ``model`` for a single convention (its own).
         backend: ``"torch"`` (the reference simulator) or ``"onnx"``: the SNN exported as an unrolled ONNX graph
@@ -93,7 +94,7 @@ def evaluate(model: nn.Module, data: Dataset | tuple[torch.Tensor, torch.Tensor]
         ``energy``, ``conversion``, ``best_T``, ``backend``. The first convention's results are also at the top
         level (``convention`` names it), as before conventions existed.
 
-    Example:
+    Examples:
         >>> res = evaluate(qann, load_dataset("digits"), [1, 2, 4, 8], convention="rate,exact")
         >>> res["modes"]["exact"]["exactness"]["exact_logits"]["step_all"]
     """

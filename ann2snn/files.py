@@ -26,7 +26,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, force:
 
     Refuses to replace an existing ``path`` unless ``force``.
 
-    Example:
+    Examples:
         >>> atomic_write("out.json", lambda tmp: Path(tmp).write_text("{}"))
     """
     path = Path(path)

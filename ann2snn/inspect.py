@@ -33,7 +33,7 @@ def threshold_spread(theta: torch.Tensor) -> tuple[float, float]:
 
     AvgDiff is computed in O(n log n): for sorted x, ``Σ_{i<j} (x_j − x_i) = Σ_j x_j · (2j − n + 1)``.
 
-    Example:
+    Examples:
         >>> threshold_spread(torch.tensor([1.0, 2.0, 4.0]))   # pairs: 1, 3, 2
         (3.0, 2.0)
     """
@@ -63,7 +63,7 @@ def inspect_thresholds(model: nn.Module) -> list[dict[str, Any]]:
     Each row: ``name, granularity, dim, positive, levels, shift, count, min, mean, max, max_diff, avg_diff,
     raw_nonpositive, theta_nonpositive, thresholds`` (the θ values as a list, for plots).
 
-    Example:
+    Examples:
         >>> rows = inspect_thresholds(ann2snn.load("digits.pt"))
         >>> rows[0]["max_diff"]
     """
@@ -88,7 +88,7 @@ def inspect_graph(model: nn.Module, *, example_input: torch.Tensor | None = None
     """What conversion does to ``model``: node counts, BNs folded / kept, thresholds folded / kept as scales,
     and every neuron with its threshold and state shape.
 
-    Example:
+    Examples:
         >>> g = inspect_graph(qann)
         >>> g["nodes_before"], g["nodes_after"], len(g["neurons"])
     """

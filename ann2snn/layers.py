@@ -86,7 +86,7 @@ class QCFS(nn.Module):
         positive: ``"softplus"`` keeps θ = Softplus(λ) > 0; ``"none"`` uses θ = λ directly.
         init_threshold: initial θ (after Softplus).
 
-    Example:
+    Examples:
         >>> q = QCFS(levels=4, granularity="channel", num_channels=16, positive="softplus")
         >>> q(torch.randn(2, 16, 8, 8)).shape
         torch.Size([2, 16, 8, 8])
@@ -181,13 +181,19 @@ class SignedQCFS(QCFS):
     to a bipolar neuron with counts in ``[−L, L]`` and spikes ±θ_p (positive side) or ±θ_n (negative side).
 
     Args:
-        levels, shift, granularity, num_channels, dim, positive, init_threshold: as for :class:`QCFS` (θ_p).
+        levels: as for :class:`QCFS`.
+        shift: as for :class:`QCFS`.
+        granularity: as for :class:`QCFS`.
+        num_channels: as for :class:`QCFS`.
+        dim: as for :class:`QCFS`.
+        positive: as for :class:`QCFS`.
+        init_threshold: as for :class:`QCFS` (θ_p).
         alpha: fixed ratio ``θ_n = α·θ_p`` (the LeakyReLU slope, > 0); θ_n follows θ_p as it trains.
         learn_negative: instead of ``alpha``, learn θ_n: its own raw ``lam_neg`` per threshold index
             (``θ_n = Softplus(λ_n)`` when ``positive="softplus"``). Give exactly one of the two.
         init_neg_threshold: initial θ_n with ``learn_negative`` (default: ``init_threshold``).
 
-    Example:
+    Examples:
         >>> q = SignedQCFS(4, alpha=0.1, init_threshold=2.0)         # θ_p = 2, θ_n = 0.2, steps 0.5 / 0.05
         >>> q(torch.tensor([-40.0, -1.0, 0.3, 9.0]))
         tensor([-0.2000, -0.1000,  0.5000,  2.0000], grad_fn=<MulBackward0>)

@@ -66,6 +66,8 @@ class SpikingNetwork(nn.Module):
         self.input_shape = tuple(input_shape)
         self.report = report
         self.info = info if info is not None else ConversionInfo()
+        self._stepper: ScheduledStep | None = None  # single-step driver under the exact schedule (counts steps)
+        self._t = 0
 
     @property
     def schedule(self) -> TimeSchedule:
@@ -89,7 +91,7 @@ class SpikingNetwork(nn.Module):
         the input and the constants for the first L steps only."""
         if not self.schedule.exact:
             return self.graph_module(x_t)
-        if getattr(self, "_stepper", None) is None:
+        if self._stepper is None:
             self._stepper, self._t = ScheduledStep(self.graph_module, self.schedule), 0
         self._t += 1
         return self._stepper.step(x_t, self._t)
@@ -117,20 +119,21 @@ def example_input_for(model: nn.Module, example_input=None, input_shape=None, ba
 def convert(model: nn.Module, T: int | None = None, *, example_input: torch.Tensor | None = None,
             input_shape: tuple[int, ...] | None = None, maxpool: str = "spiking",
             convention: str = "rate") -> SpikingNetwork:
-    """Convert a QANN into a :class:`SpikingNetwork` of IF neurons.
+    """Convert a QANN into a :class:`SpikingNetwork` of IF neurons (rate) or bipolar neurons (exact).
 
     Args:
         model: a QANN (QCFS activations). It is copied, never modified.
         T: default number of time steps; defaults to the QCFS levels L (rate, where a QCFS SNN is most accurate)
             or 4·L (exact).
-        example_input / input_shape: what the model takes (defaults to ``model.input_shape``).
+        example_input: a batch the model takes, for the shapes the passes need (default: zeros of ``input_shape``).
+        input_shape: the shape of one sample, without the batch dimension (default: ``model.input_shape``).
         maxpool: ``"spiking"`` (spiking max on accumulated counts) or ``"error"`` (refuse max-pooling).
         convention: ``"rate"`` (IF neurons, input and constants every step: the seed's QCFS method) or
             ``"exact"`` (bounded bipolar neurons, input and constants for the first L steps only: from some step
             on every neuron's count equals its QANN level and the logits equal the QANN's; DESIGN §2b). Signed
             quantizers become bipolar neurons under both.
 
-    Example:
+    Examples:
         >>> snn = ann2snn.convert(qann, T=4)
         >>> logits_per_t = snn.simulate(x)          # [T, B, K]
     """

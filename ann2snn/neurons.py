@@ -175,7 +175,8 @@ class BipolarNeuron(StatefulModule):
         threshold: θ (decisions, and the value of a positive-side spike); float or tensor of one step's shape.
         neg_threshold: θ_n, the value of a negative-side spike (default θ).
         shift: φ; the membrane starts at φ·θ.
-        n_min / n_max: bounds of the count (None: unbounded).
+        n_min: lower bound of the count (None: unbounded).
+        n_max: upper bound of the count (None: unbounded).
     """
 
     state_names = ("v", "n")

@@ -9,9 +9,10 @@ activation (per layer or per channel), streamed over the data and computed with 
 comes from its positive side (as a ReLU's would) and θ_n = α·θ_p. The trained weights are kept, so the QANN
 starts from the ANN's function up to quantization and clipping.
 
->>> ann = ann2snn.models.create("mnist-cnn", act="relu")       # ... trained ...
->>> qann = prepare(ann, x_calib, levels=4, granularity="channel")
->>> ann2snn.save(qann, "mnist-qann.pt")                          # rebuilds as create("mnist-cnn", act="qcfs", ...)
+Examples:
+    >>> ann = ann2snn.models.create("mnist-cnn", act="relu")       # ... trained ...
+    >>> qann = prepare(ann, x_calib, levels=4, granularity="channel")
+    >>> ann2snn.save(qann, "mnist-qann.pt")                          # rebuilds as create("mnist-cnn", act="qcfs", ...)
 """
 
 from __future__ import annotations
@@ -324,7 +325,10 @@ def prepare(model: nn.Module | str | os.PathLike, calibration: Any = None, *, le
         calibration: images to calibrate thresholds on: a tensor ``[N, C, H, W]``, a Dataset (its training
             images), or an iterable of batches (tensors or ``(x, y)``). ``None``: every threshold starts at
             ``init_threshold`` (ReLU6: at 6).
-        levels / granularity (``"layer"`` | ``"channel"``) / positive / shift: the QCFS options.
+        levels: the QCFS option L (quantization levels).
+        granularity: the QCFS option, ``"layer"`` or ``"channel"``.
+        positive: the QCFS option (``"softplus"`` or ``"none"``).
+        shift: the QCFS option φ.
         init_threshold: θ without calibration data (default 8; a ReLU6 always starts at 6 uncalibrated).
         method: ``"percentile"`` (``percentile`` of each activation, exact) or ``"max"``. A LeakyReLU's θ_p is
             that of its positive side; θ_n = slope·θ_p.
@@ -338,7 +342,7 @@ def prepare(model: nn.Module | str | os.PathLike, calibration: Any = None, *, le
     writes a file that rebuilds as a QANN; any other model comes back as a ``torch.fx.GraphModule``.
     ``model.prepare_report`` lists what was replaced.
 
-    Example:
+    Examples:
         >>> qann = prepare(ann, data.x_train[:2048], levels=4, granularity="channel", percentile=99.9)
     """
     model = _check_prepare_args(model, levels=levels, granularity=granularity, method=method,

@@ -1,8 +1,9 @@
 """Run exported SNNs on onnxruntime: session creation with an honest provider choice, and the stateful driver.
 
->>> from ann2snn.runtime import StatefulRunner
->>> runner = StatefulRunner("model.snn.step.onnx", provider="auto")
->>> logits_per_t = runner.run(x, T=4)      # [T, B, K] logits after t steps, state kept on the device under CUDA
+Examples:
+    >>> from ann2snn.runtime import StatefulRunner
+    >>> runner = StatefulRunner("model.snn.step.onnx", provider="auto")
+    >>> logits_per_t = runner.run(x, T=4)      # [T, B, K] logits after t steps, state on the device under CUDA
 
 Names and metadata come from :mod:`ann2snn.exporters.contract`.
 """
@@ -19,17 +20,50 @@ import numpy as np
 from ann2snn.errors import Ann2SnnError
 from ann2snn.exporters.contract import FORMAT_STATEFUL, INPUT, LOGITS_T, StateSpec, read_metadata, readout_counts
 
-__all__ = ["cuda_usable", "make_session", "StatefulRunner", "PROVIDERS"]
+__all__ = ["cuda_usable", "installed_ort_builds", "make_session", "StatefulRunner", "PROVIDERS"]
 
 PROVIDERS = ("auto", "cuda", "cpu")
 _CUDA, _CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
+# The builds of onnxruntime on PyPI: each installs the same `onnxruntime` module, so two in one environment
+# overwrite each other's files (and uninstalling one breaks the other).
+ORT_BUILDS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn",
+              "onnxruntime-rocm", "onnxruntime-training")
+INSTALL_HINT = ("install one build: pip install onnxruntime, or onnxruntime-gpu for CUDA (the extras ann2snn[cpu] / "
+                "ann2snn[gpu])")
+
+
+@functools.lru_cache(maxsize=None)
+def installed_ort_builds() -> tuple[str, ...]:
+    """The onnxruntime builds installed here (distribution names from :data:`ORT_BUILDS`), checked once."""
+    from importlib import metadata
+
+    found = []
+    for name in ORT_BUILDS:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return tuple(found)
+
+
 def _ort():
+    """The ``onnxruntime`` module, or an :class:`Ann2SnnError` that names the install command."""
+    builds = installed_ort_builds()
+    if len(builds) > 1:
+        raise Ann2SnnError(f"{len(builds)} onnxruntime builds are installed ({', '.join(builds)}) and they overwrite "
+                           f"each other's onnxruntime module; pip uninstall -y {' '.join(builds)}, then {INSTALL_HINT}")
     try:
         import onnxruntime as ort
-    except ImportError as exc:  # pragma: no cover - onnxruntime is a dependency
-        raise Ann2SnnError(f"onnxruntime is not installed ({exc}); pip install onnxruntime-gpu") from None
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime":
+            raise Ann2SnnError("onnxruntime is not installed (it verifies and runs the ONNX files); "
+                               + INSTALL_HINT) from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise Ann2SnnError(f"onnxruntime cannot be imported ({first}); pip uninstall -y "
+                           f"{' '.join(builds or ('onnxruntime',))}, then {INSTALL_HINT}") from None
     return ort
 
 
@@ -80,8 +114,9 @@ def make_session(model: str | os.PathLike | bytes, *, provider: str = "auto", th
     want_cuda = provider in ("auto", "cuda") and cuda_usable()
     if provider == "cuda" and not want_cuda:
         if _CUDA not in available:
-            raise Ann2SnnError("CUDA was asked for (--provider cuda) but this onnxruntime has no CUDA provider "
-                               f"(available: {', '.join(available)}); install onnxruntime-gpu or use --provider cpu")
+            raise Ann2SnnError("CUDA was asked for (--provider cuda) but this onnxruntime build has no CUDA provider "
+                               f"(available: {', '.join(available)}); use --provider cpu or auto, or swap in the CUDA "
+                               "build: pip uninstall -y onnxruntime && pip install onnxruntime-gpu")
         raise Ann2SnnError("CUDA was asked for (--provider cuda) but onnxruntime could not start it on this machine "
                            "(no GPU or CUDA/cuDNN libraries missing); use --provider cpu or auto")
     where = "the given model" if isinstance(model, bytes) else repr(str(model))

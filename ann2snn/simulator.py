@@ -94,7 +94,7 @@ def run_steps(gm: fx.GraphModule, x: torch.Tensor, T: int, *, mode: str = "multi
 
     Args:
         x: ``[B, ...]`` analog input (``encoding="direct"``: the same input at every step) or ``[T, B, ...]``
-           pre-encoded input (``encoding="sequence"``).
+            pre-encoded input (``encoding="sequence"``).
         mode: ``"multi"`` (batched over time) or ``"single"`` (step by step with module state).
         observer: ``observer(node, inputs, output)``, called (multi-step mode) after every operation with its
             tensor inputs and output, each as ``[T, B, ...]`` (time-invariant values as expanded views, no copies).

@@ -351,7 +351,7 @@ def train(cfg: TrainConfig, *, progress: Callable[..., None] | None = None) -> T
     (epoch, step, steps, loss) and ``"epoch"`` (epoch, stage, loss, train_accuracy, test_accuracy, seconds, best)
     events, on rank 0 only. Under ``torchrun`` every process runs this; only rank 0 writes files.
 
-    Example:
+    Examples:
         >>> res = train(TrainConfig(arch="mnist-cnn", data="mnist", epochs=2, levels=4, output="mnist.pt"))
         >>> res.metrics["test_accuracy"]
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -31,17 +32,31 @@ def render_report(report, *, title: str = "Conversion report") -> None:
               help="Time convention. rate: IF neurons, input and biases every step (the seed's QCFS method, best "
                    "near T = L). exact: bounded bipolar neurons, input and biases for the first L steps only; "
                    "from a few steps after L the logits equal the QANN's.")
-@click.option("--format", "fmt", type=click.Choice(["both", "unrolled", "stateful", "torch"]), default="both",
+@click.option("--format", "fmt", type=click.Choice(["both", "unrolled", "stateful", "nir", "torch"]), default="both",
               show_default=True,
               help="ONNX: unrolled (all T steps in one graph, fastest batch inference), stateful (one step with "
-                   "explicit state, for streaming), both; or torch (the ann2snn .snn.pt file).")
+                   "explicit state, for streaming), both; nir (a NIR graph, https://neuroir.org, needs "
+                   "ann2snn[nir]); or torch (the ann2snn .snn.pt file).")
+@click.option("--nir-neuron", type=click.Choice(["if", "integrator"]), default="if", show_default=True,
+              help="NIR: each IF neuron as nir.IF (not exact: NIR's IF resets to 0 and starts at 0; needs "
+                   "--nir-approximate) or as nir.I + nir.Threshold with a reset loop (exact; needs a consumer that "
+                   "runs recurrent graphs, e.g. nirtorch).")
+@click.option("--nir-pool", type=click.Choice(["avg", "sum"]), default="avg", show_default=True,
+              help="NIR: average pooling as nir.AvgPool2d, or as nir.SumPool2d with its 1/k² folded into the next "
+                   "layer (for consumers with sum pooling only, e.g. Sinabs).")
+@click.option("--nir-approximate", is_flag=True, default=False,
+              help="NIR: write nir.IF although it differs from ann2snn's IF (hard reset instead of subtracting the "
+                   "threshold, membrane starting at 0 instead of φ·θ); the differences and the measured agreement "
+                   "go into the file's metadata and the sidecar.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output file (default: MODEL with suffix .snn.onnx, or .snn.pt for --format torch). With "
-                   "--format both the stateful graph goes to X.step.onnx; the sidecar JSON to X.json.")
+              help="Output file (default: MODEL with suffix .snn.onnx, .snn.nir for --format nir, or .snn.pt for "
+                   "--format torch). With --format both the stateful graph goes to X.step.onnx; the sidecar JSON "
+                   "to X.json.")
 @click.option("--encoding", type=click.Choice(["direct", "sequence"]), default="direct", show_default=True,
               help="ONNX input: direct [B, C, H, W] images, or sequence [T, B, C, H, W] pre-encoded spikes.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Check the ONNX graphs on onnxruntime against the simulator before writing them.")
+              help="Check the exported graphs against the simulator before writing them (ONNX: on onnxruntime; "
+                   "NIR: run by nirtorch).")
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="onnxruntime provider for verification; auto uses CUDA only when a session really gets it.")
 @click.option("--input-shape", default=None, metavar="C,H,W", help="Input shape, if the checkpoint does not record it.")
@@ -50,8 +65,8 @@ def render_report(report, *, title: str = "Conversion report") -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @model_options
-def convert_cmd(model, T, convention, fmt, output, encoding, verify, provider, input_shape, maxpool, force, as_json,
-                trust_pickle, arch, arch_module):
+def convert_cmd(model, T, convention, fmt, nir_neuron, nir_pool, nir_approximate, output, encoding, verify,
+                provider, input_shape, maxpool, force, as_json, trust_pickle, arch, arch_module):
     """Convert a QANN checkpoint MODEL into a spiking network, export it to ONNX and verify it on onnxruntime.
 
     Every BatchNorm is folded, every QCFS threshold folded into weights and every QCFS replaced by an IF neuron;
@@ -61,6 +76,9 @@ def convert_cmd(model, T, convention, fmt, output, encoding, verify, provider, i
     JSON naming the states; every file is checked with onnx.checker, verified against the PyTorch simulator
     (per-step logits within rtol=1e-4, atol=1e-4·max|logit|; spike-count agreement reported) and written
     atomically. A verification failure writes nothing.
+
+    --format nir writes a NIR graph (X.nir + X.json) instead, run by nirtorch against the simulator first; see
+    --nir-neuron and --nir-approximate (docs/nir.md).
 
     Example: ann2snn convert resnet20.pt --T 4 -o resnet20.snn.onnx
     """
@@ -72,8 +90,9 @@ def convert_cmd(model, T, convention, fmt, output, encoding, verify, provider, i
     qann = ann2snn.checkpoint.load_qann(model, trust_pickle=trust_pickle, arch=arch, arch_module=arch_module)
     snn = ann2snn.convert(qann, T, input_shape=parse_shape(input_shape), maxpool=maxpool, convention=convention)
     if fmt != "torch":
+        nir = {"neuron": nir_neuron, "pool": nir_pool, "approximate": nir_approximate} if fmt == "nir" else None
         _export(snn, model, output, fmt=fmt, encoding=encoding, verify=verify, provider=provider, force=force,
-                as_json=as_json)
+                as_json=as_json, nir=nir)
         return
     out = output or model.with_name(model.name.removesuffix(".pt") + ".snn.pt")
     if getattr(qann, "arch_name", None) is None:
@@ -91,21 +110,26 @@ def convert_cmd(model, T, convention, fmt, output, encoding, verify, provider, i
     console.print(f"wrote [bold]{out}[/] (T={snn.T}, {len(snn.stateful())} stateful operators)", highlight=False)
 
 
-def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force, as_json) -> None:
+def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force, as_json, nir=None) -> None:
     import ann2snn
 
-    out = output or model.with_name(model.name.removesuffix(".pt") + ".snn.onnx")
-    res = ann2snn.export(snn, out, format=fmt, encoding=encoding, verify=verify, provider=provider, force=force)
+    suffix = ".snn.nir" if fmt == "nir" else ".snn.onnx"
+    out = output or model.with_name(model.name.removesuffix(".pt") + suffix)
+    res = ann2snn.export(snn, out, format=fmt, encoding=encoding, verify=verify, provider=provider, force=force,
+                         nir=nir)
     from ann2snn.runs import record_conversion
 
     record_conversion(model, snn, [*res.files.values(), res.sidecar], verification=res.verification,
                       config={"T": snn.T, "format": fmt, "encoding": encoding, "verify": verify,
-                              "mode": snn.schedule.convention})
+                              "mode": snn.schedule.convention, **({"nir": nir} if nir else {})})
     if as_json:
         print_json({"files": {k: str(v) for k, v in res.files.items()}, "sidecar": str(res.sidecar), "T": snn.T,
                     "verification": res.verification, "seconds": res.seconds, "report": snn.report.to_dict()})
         return
     render_report(snn.report)
+    if fmt == "nir":
+        _render_nir(snn, res)
+        return
     if res.verification:
         rows = []
         for k, v in res.verification.items():
@@ -121,4 +145,23 @@ def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force,
     for k, p in res.files.items():
         mode = f", exact mode, L={snn.schedule.length}" if snn.schedule.exact else ""
         console.print(f"wrote [bold]{p}[/] ({k}, T={snn.T}{mode})", highlight=False)
+    console.print(f"wrote [bold]{res.sidecar}[/] (sidecar)", highlight=False)
+
+
+def _render_nir(snn, res) -> None:
+    v = res.verification.get("nir")
+    if v is None:
+        console.print("[yellow]verification skipped (--no-verify)[/]")
+    elif v["approximate"]:
+        console.print(f"NIR graph run by nirtorch vs the simulator, {v['samples']} seeded images, T={v['T']}: "
+                      f"same prediction {100 * v['argmax_agreement']:.1f}%, max |logit difference| "
+                      f"{v['max_abs_error']:.3g} (an approximation, see below)", highlight=False)
+    else:
+        console.print(f"NIR graph run by nirtorch vs the simulator: {v['samples'] - v['mismatched_samples']}/"
+                      f"{v['samples']} samples equal (max |err| {v['max_abs_error']:.2e}, atol {v['atol']:.1e})",
+                      highlight=False)
+    for line in json.loads(res.sidecar.read_text()).get("approximations") or []:
+        console.print(f"[yellow]approximation:[/] {line}", highlight=False)
+    console.print(f"wrote [bold]{res.files['nir']}[/] (NIR, T={snn.T}; logits = mean output over steps)",
+                  highlight=False)
     console.print(f"wrote [bold]{res.sidecar}[/] (sidecar)", highlight=False)

@@ -1,12 +1,14 @@
-"""ONNX export of a converted :class:`~ann2snn.network.SpikingNetwork`, verified on onnxruntime.
+"""ONNX (and NIR) export of a converted :class:`~ann2snn.network.SpikingNetwork`, verified before it is written.
 
->>> res = ann2snn.export(snn, "model.snn.onnx", format="both")   # + model.snn.step.onnx, model.snn.json
->>> res.verification["unrolled"]["spike_count_agreement"]
-1.0
+Examples:
+    >>> res = ann2snn.export(snn, "model.snn.onnx", format="both")   # + model.snn.step.onnx, model.snn.json
+    >>> res.verification["unrolled"]["spike_count_agreement"]
+    1.0
 
-Formats (one module each): :mod:`~ann2snn.exporters.onnx_unrolled` (all T steps in one graph) and
-:mod:`~ann2snn.exporters.onnx_stateful` (one step, explicit state). Both emit every stateful operator through
-the table in :mod:`~ann2snn.exporters.common`; :mod:`~ann2snn.exporters.verify` checks them. The names, metadata
+Formats (one module each): :mod:`~ann2snn.exporters.onnx_unrolled` (all T steps in one graph),
+:mod:`~ann2snn.exporters.onnx_stateful` (one step, explicit state) and :mod:`~ann2snn.exporters.nir` (a NIR graph
+of one step, ``format="nir"``). The two ONNX forms emit every stateful operator through the table in
+:mod:`~ann2snn.exporters.common`; :mod:`~ann2snn.exporters.verify` checks them. The names, metadata
 and sidecar schema of the files are :mod:`~ann2snn.exporters.contract`.
 """
 
@@ -32,7 +34,7 @@ from ann2snn.files import atomic_write
 
 __all__ = ["export", "ExportResult", "FORMATS", "output_paths"]
 
-FORMATS = (*ONNX_FORMATS, "both")
+FORMATS = (*ONNX_FORMATS, "both", "nir")
 
 
 @dataclass
@@ -47,8 +49,11 @@ class ExportResult:
 
 def output_paths(path: str | os.PathLike, fmt: str) -> dict[str, Path]:
     """Where each file goes: ``X.onnx`` (unrolled, or stateful alone), ``X.step.onnx`` (stateful beside
-    unrolled) and the sidecar ``X.json``."""
+    unrolled), ``X.nir`` (nir) and the sidecar ``X.json``."""
     path = Path(path)
+    if fmt == "nir":
+        base = path.name[:-4] if path.name.endswith(".nir") else path.name
+        return {"nir": path, "sidecar": path.with_name(base + ".json")}
     base = path.name[:-5] if path.name.endswith(".onnx") else path.name
     out = {}
     if fmt in (FORMAT_UNROLLED, "both"):
@@ -74,28 +79,44 @@ def _write_onnx(model_bytes: bytes):
 
 def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None = None, encoding: str = "direct",
            verify: bool = True, force: bool = False, provider: str = "cpu", verify_input=None,
-           verify_batch: int = 16) -> ExportResult:
-    """Export ``snn`` to ONNX, verify it on onnxruntime against the simulator, and write the files atomically.
+           verify_batch: int = 16, nir=None) -> ExportResult:
+    """Export ``snn`` to ONNX (or NIR), verify it against the simulator, and write the files atomically.
 
     Args:
         snn: a converted network (:func:`ann2snn.convert`).
         path: the ONNX file (``X.onnx``); with ``format="both"`` the stateful graph goes to ``X.step.onnx``;
-            the sidecar JSON (states, shapes, initial values, verification) to ``X.json``.
-        format: ``"unrolled"``, ``"stateful"`` or ``"both"``.
+            the sidecar JSON (states, shapes, initial values, verification) to ``X.json``. For ``format="nir"``
+            the NIR file (``X.nir``) and its sidecar ``X.json``.
+        format: ``"unrolled"``, ``"stateful"``, ``"both"`` or ``"nir"`` (:mod:`ann2snn.exporters.nir`).
         T: time steps (default ``snn.T``). encoding: ``"direct"`` (``[B, ...]`` input) or ``"sequence"``
             (``[T, B, ...]`` pre-encoded input).
-        verify: check on onnxruntime first; on a mismatch raise :class:`VerificationError` and write nothing.
+        verify: check first (ONNX: on onnxruntime; NIR: run by nirtorch with NIR semantics); on a mismatch raise
+            :class:`VerificationError` and write nothing.
         force: replace existing files. provider: onnxruntime provider for verification.
         verify_input: the batch to verify on (default: 16 seeded uniform images).
+        nir: NIR only, :class:`~ann2snn.exporters.nir.NirOptions` or a dict of its fields: ``neuron`` ``"if"``
+            (``nir.IF``; not exact, refused unless ``approximate=True``, then the differences are recorded in the file
+            and the sidecar) or ``"integrator"`` (exact); ``pool`` ``"avg"`` or ``"sum"``.
 
-    Example:
+    Examples:
         >>> ann2snn.export(ann2snn.convert(qann, T=4), "digits.snn.onnx")
+        >>> ann2snn.export(snn, "digits.snn.nir", format="nir", nir={"neuron": "integrator"})
     """
     if format not in FORMATS:
         raise Ann2SnnError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     T = snn.T if T is None else T
     if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
         raise Ann2SnnError(f"T must be a positive number of time steps, got {T!r}")
+    if format == "nir":
+        from ann2snn.exporters.nir import export_nir
+
+        paths = output_paths(path, format)
+        report, seconds = export_nir(snn, paths["nir"], paths["sidecar"], options=nir, T=T, verify=verify, force=force,
+                                     encoding=encoding, verify_input=verify_input, verify_batch=verify_batch)
+        return ExportResult(files={"nir": paths["nir"]}, sidecar=paths["sidecar"], verification=report,
+                            seconds=seconds)
+    if nir is not None:
+        raise Ann2SnnError(f"nir options apply to format='nir' only, not {format!r}")
     paths = output_paths(path, format)
     if not force:
         for p in paths.values():

@@ -16,9 +16,10 @@ Graphs (batch axis dynamic and named ``batch``, T fixed):
 Every file carries :class:`ModelMetadata` in its ``metadata_props`` (:meth:`ModelMetadata.to_props`, read back
 with :func:`read_metadata`); the sidecar JSON written beside the files is :func:`build_sidecar`.
 
->>> meta = read_metadata("model.snn.step.onnx")
->>> meta.format, meta.T, meta.convention, [s.input for s in meta.states]
-('stateful', 4, 'rate', ['state.layer1.v', ...])
+Examples:
+    >>> meta = read_metadata("model.snn.step.onnx")
+    >>> meta.format, meta.T, meta.convention, [s.input for s in meta.states]
+    ('stateful', 4, 'rate', ['state.layer1.v', ...])
 """
 
 from __future__ import annotations

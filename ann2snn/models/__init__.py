@@ -1,9 +1,10 @@
 """The model zoo: QANNs built on :class:`ann2snn.layers.QCFS`, created by name.
 
->>> from ann2snn import models
->>> net = models.create("resnet20", levels=4, granularity="channel")
->>> sorted(models.available())[:3]
-['digits-cnn', 'mnist-cnn', 'mnist-mlp']
+Examples:
+    >>> from ann2snn import models
+    >>> net = models.create("resnet20", levels=4, granularity="channel")
+    >>> sorted(models.available())[:3]
+    ['digits-cnn', 'mnist-cnn', 'mnist-mlp']
 
 User code adds architectures with :func:`register`; checkpoints name the architecture and its keyword
 arguments, so a model file never needs to be unpickled.

@@ -1,9 +1,10 @@
 """One record per operator, read by every stage (passes, energy, the exporters' kind lookup).
 
->>> from ann2snn.ops import record_for, REGISTRY
->>> rec = record_for(node, dict(gm.named_modules()))
->>> rec.kind, rec.fold, rec.spiking
-('linear', <Fold.ABSORB: 'absorb'>, <Spiking.STATELESS: 'stateless'>)
+Examples:
+    >>> from ann2snn.ops import record_for, REGISTRY
+    >>> rec = record_for(node, dict(gm.named_modules()))
+    >>> rec.kind, rec.fold, rec.spiking
+    ('linear', <Fold.ABSORB: 'absorb'>, <Spiking.STATELESS: 'stateless'>)
 
 Adding an operator = its class, its record (:mod:`ann2snn.ops.records`), its exporter builder; see
 docs/design.md, "Operator registry".

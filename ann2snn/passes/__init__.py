@@ -3,8 +3,9 @@
 Each pass is ``fn(gm, **options) -> PassResult``: the graph module, what it changed, and the headline counters
 it declares; the report sums those counters, so a new pass never edits :class:`ConversionReport`.
 
->>> gm, report = run_pipeline(qann, example_input=torch.zeros(1, 1, 8, 8))
->>> print(report.summary())
+Examples:
+    >>> gm, report = run_pipeline(qann, example_input=torch.zeros(1, 1, 8, 8))
+    >>> print(report.summary())
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def symbolic_trace(model: nn.Module, *, leaf_modules=LEAF_MODULES) -> fx.GraphMo
 def trace(model: nn.Module, *, example_input: torch.Tensor, leaf_modules=LEAF_MODULES) -> fx.GraphModule:
     """Symbolically trace ``model`` and record every node's output shape with ``example_input``.
 
-    Example:
+    Examples:
         >>> gm = trace(net, example_input=torch.zeros(1, 1, 8, 8))
     """
     gm = model if isinstance(model, fx.GraphModule) else symbolic_trace(model, leaf_modules=leaf_modules)
