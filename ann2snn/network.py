@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,12 +42,6 @@ class ConversionInfo:
     convention: str = "rate"
     schedule_length: int | None = None
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """Dict-style read for code written against the old ``info`` dict; use the attributes instead."""
-        return getattr(self, key) if key in _INFO_FIELDS else default
-
-
-_INFO_FIELDS = frozenset(f.name for f in fields(ConversionInfo))
 
 
 class SpikingNetwork(nn.Module):

@@ -46,8 +46,6 @@ def test_conversion_info_is_typed_and_frozen():
     assert info.qann_payload["arch"] == "digits-cnn" and info.qann_payload["input_shape"] == [1, 8, 8]
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.levels = (8,)
-    # the dict-style read kept for callers not yet moved to attributes
-    assert info.get("levels") == (4,) and info.get("no_such_key", "d") == "d"
 
 
 def test_exact_snn_round_trip_keeps_its_convention(tmp_path):
