@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import Fn, make_qann, randomize
+from opnets import L, Residual, conv, q, seq
 from torch import nn
 
 import ann2snn
@@ -27,38 +28,6 @@ from ann2snn.exporters.nir import (  # noqa: E402  (after the importorskip of th
     run_nir,
     verify_nir,
 )
-
-L = 4
-
-
-def q(c: int | None = None) -> QCFS:
-    return QCFS(L, granularity="channel", num_channels=c) if c else QCFS(L)
-
-
-def conv(cin=2, cout=4, k=3, **kw) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, padding=k // 2, **kw)
-
-
-def seq(*layers, input_shape=(2, 6, 6)) -> nn.Sequential:
-    net = nn.Sequential(*layers)
-    net.input_shape = input_shape
-    return net
-
-
-class Residual(nn.Module):
-    """Two adds (fan-in in NIR): ``a + b`` with different θ on the two sides, and the join of two neurons."""
-
-    input_shape = (2, 6, 6)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1, self.q1, self.c2, self.q2 = conv(), q(4), conv(4, 4), q(4)
-        self.c3, self.q3, self.fc = conv(4, 4), q(4), nn.Linear(4 * 36, 3)
-
-    def forward(self, x):
-        a = self.q1(self.c1(x))
-        b = self.q2(self.c2(a))
-        return self.fc(torch.flatten(self.q3(self.c3(a + b)) + b, 1))
 
 
 class Branches(nn.Module):

@@ -9,6 +9,7 @@ import operator
 import pytest
 import torch
 from helpers import Fn, level_mismatch_fraction, randomize
+from opnets import Residual, conv, q
 from torch import fx, nn
 from torch.nn import functional as F
 
@@ -145,32 +146,8 @@ def test_two_records_with_one_pattern_are_refused():
 # --- folding keeps the QANN function, per record -----------------------------------------------------------------
 
 
-def q(c: int | None = None, **kw) -> QCFS:
-    """A QCFS with per-channel thresholds (randomized by the test), or one threshold."""
-    return QCFS(4, granularity="channel", num_channels=c, **kw) if c else QCFS(4, **kw)
-
-
-def conv(cin=2, cout=4, k=3, **kw) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, padding=k // 2, **kw)
-
-
 def head(features: int, k: int = 3) -> list[nn.Module]:
     return [nn.Flatten(), nn.Linear(features, k)]
-
-
-class Residual(nn.Module):
-    """``a + b`` with different per-channel θ on the two sides; the second add joins two neurons' outputs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1, self.q1, self.c2, self.q2 = conv(), q(4), conv(4, 4), q(4)
-        self.c3, self.q3, self.fc = conv(4, 4), q(4), nn.Linear(4 * 36, 3)
-
-    def forward(self, x):
-        a = self.q1(self.c1(x))
-        b = self.q2(self.c2(a))
-        h = self.q3(self.c3(a + b))
-        return self.fc(torch.flatten(h + b, 1))
 
 
 class Branches(nn.Module):
