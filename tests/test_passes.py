@@ -90,8 +90,9 @@ def test_residual_add_with_different_thresholds_gets_an_explicit_scale():
     scales = report.get("fold_thresholds")["explicit_scales"]
     # resnet20 has 9 blocks; the 2 downsampling blocks rescale their 1x1 shortcut conv instead
     assert len(scales) == 7
-    assert all(s["shape"][1] == 4 * 2 ** i or True for i, s in enumerate(scales))  # per-channel, not scalar
-    assert all(s["shape"] != [1] for s in scales)
+    # per channel (not one scalar): 3 identity shortcuts at width 4, 2 at width 8, 2 at width 16
+    assert sorted(s["shape"][1] for s in scales) == [4, 4, 4, 8, 8, 16, 16]
+    assert all(s["shape"] == [1, s["shape"][1], 1, 1] for s in scales)
 
 
 def test_equal_thresholds_need_no_explicit_scale():
