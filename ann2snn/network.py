@@ -137,6 +137,7 @@ def convert(model: nn.Module, T: int | None = None, *, example_input: torch.Tens
         raise Ann2SnnError(f"maxpool must be 'spiking' or 'error', got {maxpool!r}")
     if convention not in CONVENTIONS:
         raise Ann2SnnError(f"convention must be 'rate' or 'exact', got {convention!r} (CLI: --mode rate|exact)")
+    _check_finite(model)
     x = example_input_for(model, example_input, input_shape)
     levels = sorted({q.levels for _, q in qcfs_modules(model)})
     length = max(levels) if convention == "exact" and levels else None
@@ -154,6 +155,16 @@ def convert(model: nn.Module, T: int | None = None, *, example_input: torch.Tens
     if T is None:  # rate: accuracy peaks near T = L; exact: logits settle on the QANN's a few steps after L
         T = (max(levels) if levels else 8) * (EXACT_DEFAULT_T_FACTOR if convention == "exact" else 1)
     return SpikingNetwork(gm, T=T, input_shape=tuple(x.shape[1:]), report=report, info=info)
+
+
+def _check_finite(model: nn.Module) -> None:
+    """Refuse a QANN with a NaN or infinite parameter or buffer: its SNN could not compute what it computes."""
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in named:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise Ann2SnnError(f"{kind} {name!r} of the QANN has {bad} NaN or infinite value(s); the model file is "
+                                   "damaged or training diverged: retrain or restore a good checkpoint")
 
 
 def simulate(snn: SpikingNetwork, x: torch.Tensor, T: int | None = None, *, mode: str = "multi",

@@ -61,3 +61,18 @@ def test_bad_T_is_refused(tiny_models):
             snn.simulate(torch.zeros(1, 1, 8, 8), bad)
     with pytest.raises(Ann2SnnError, match="positive"):
         ann2snn.convert(tiny_models["digits"](levels=2).eval(), T=0)
+
+
+@pytest.mark.parametrize("what", ["weight", "threshold", "bn"])
+def test_convert_refuses_non_finite_parameters(what):
+    """A NaN/Inf weight, threshold or BN statistic is an error naming the tensor, not an SNN that "verifies"."""
+    qann = ann2snn.models.create("digits-cnn", levels=4)
+    with torch.no_grad():
+        if what == "weight":
+            next(m for m in qann.modules() if isinstance(m, torch.nn.Conv2d)).weight[0, 0, 0, 0] = float("inf")
+        elif what == "threshold":
+            next(m for m in qann.modules() if isinstance(m, ann2snn.QCFS)).lam.fill_(float("nan"))
+        else:
+            next(m for m in qann.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var[0] = float("inf")
+    with pytest.raises(Ann2SnnError, match="NaN or infinite"):
+        ann2snn.convert(qann)
