@@ -18,7 +18,7 @@ from torch import nn
 
 from ann2snn.errors import CheckpointError
 
-__all__ = ["atomic_write", "qann_payload"]
+__all__ = ["atomic_write", "atomic_write_all", "text_writer", "qann_payload"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, force: bool = False) -> Path:
@@ -43,6 +43,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, force:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_write_all(writes: list[tuple[Path, Callable[[str], Any]]], *, force: bool = False) -> list[Path]:
+    """:func:`atomic_write` each ``(path, write)`` in order; if one fails, the ones already written are removed,
+    so a set of files (a model and its sidecar) appears whole or not at all."""
+    written: list[Path] = []
+    try:
+        for path, write in writes:
+            written.append(atomic_write(path, write, force=force))
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def text_writer(text: str) -> Callable[[str], Any]:
+    """A writer for :func:`atomic_write` that writes ``text``."""
+    return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
 
 
 def qann_payload(model: nn.Module, input_shape=None) -> dict[str, Any]:

@@ -150,8 +150,6 @@ class _IFTieProbe(IFNeuron):
         out = (v >= theta * self.factor).to(x.dtype) * theta
         return out, (v - out,)
 
-    multi_step = StatefulModule.multi_step
-
 
 class BipolarNeuron(StatefulModule):
     """Bounded bipolar integrate-and-fire neuron: +1 and −1 spikes, spike count kept in ``[n_min, n_max]``.

@@ -256,10 +256,10 @@ def headline(rec: dict[str, Any]) -> str:
 def write_report(records: list[dict[str, Any]], path: str | os.PathLike, *, title: str = "ann2snn report",
                  force: bool = False, images: bool = True) -> Path:
     """Render :func:`render_html` to ``path`` atomically (refuses to overwrite without ``force``)."""
-    from ann2snn.files import atomic_write
+    from ann2snn.files import atomic_write, text_writer
 
     page = render_html(records, title=title, images=images)
-    out = atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"), force=force)
+    out = atomic_write(path, text_writer(page), force=force)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(out, 0o666 & ~umask)  # a page to share, not a private temp file

@@ -71,10 +71,10 @@ def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads
                                      convention=convention)
     result["model"] = str(model)
     if output is not None:
-        from ann2snn.files import atomic_write
+        from ann2snn.files import atomic_write, text_writer
 
         text = json.dumps(result, indent=2)
-        atomic_write(output, lambda tmp: Path(tmp).write_text(text), force=force)
+        atomic_write(output, text_writer(text), force=force)
     if as_json:
         print_json(result)
         return

@@ -30,7 +30,7 @@ from ann2snn.exporters.contract import (
     StateSpec,
     build_sidecar,
 )
-from ann2snn.files import atomic_write
+from ann2snn.files import atomic_write_all, text_writer
 
 __all__ = ["export", "ExportResult", "FORMATS", "output_paths"]
 
@@ -176,13 +176,6 @@ def _verify(snn, built: dict[str, bytes], probe, *, T: int, encoding: str, provi
 
 def _write_all(built: dict[str, bytes], sidecar: dict, paths: dict[str, Path], *, force: bool) -> None:
     """Write every file atomically; if one fails, remove the ones already written (nothing half-done)."""
-    written: list[Path] = []
-    try:
-        for k, data in built.items():
-            written.append(atomic_write(paths[k], _write_onnx(data), force=force))
-        text = json.dumps(sidecar, indent=2, default=str)
-        written.append(atomic_write(paths["sidecar"], lambda tmp: Path(tmp).write_text(text), force=force))
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
+    text = json.dumps(sidecar, indent=2, default=str)
+    atomic_write_all([*((paths[k], _write_onnx(data)) for k, data in built.items()),
+                      (paths["sidecar"], text_writer(text))], force=force)

@@ -23,7 +23,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import fx, nn
-from torch.nn import functional as F
 
 from ann2snn.errors import Ann2SnnError, UnsupportedNodeError
 from ann2snn.layers import Affine
@@ -203,27 +202,8 @@ def _affine(em, node, m: Affine, xs, k, shapes, offset: float = 0.0):
 OFFSETTABLE = ("linear", "affine")
 
 
-#: functional average pools and the module each is exported as (same arguments)
-_POOL_FUNCTIONS = {F.avg_pool1d: nn.AvgPool1d, F.avg_pool2d: nn.AvgPool2d,
-                   F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d}
-
-
-def _pool_module(node: fx.Node) -> nn.Module:
-    """The module a functional average-pool call stands for (``F.avg_pool2d(x, 2)`` → ``nn.AvgPool2d(2)``)."""
-    import inspect
-
-    cls = _POOL_FUNCTIONS[node.target]
-    bound = inspect.signature(cls.__init__).bind(None, *node.args[1:], **node.kwargs)
-    return cls(*bound.args[1:], **bound.kwargs)
-
-
 def _pool(em, node, m, xs, k, shapes):
     in_shape = shapes[node.args[0]]
-    if node.op == "call_function" and node.target in _POOL_FUNCTIONS:
-        try:
-            m = _pool_module(node)
-        except TypeError as exc:
-            raise UnsupportedNodeError(node, f"its arguments do not describe a pooling ({exc}); use nn.AvgPool2d")
     if m is not None:
         if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d)):
             out = shapes[node][1:]

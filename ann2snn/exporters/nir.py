@@ -766,7 +766,7 @@ def export_nir(snn, path, sidecar, *, options: NirOptions | None = None, T: int 
 
 def _write(graph, side: dict[str, Any], path: Path, sidecar: Path, *, force: bool) -> None:
     """Write the NIR file (read back with ``nir.read`` first) and the sidecar atomically, both or neither."""
-    from ann2snn.files import atomic_write
+    from ann2snn.files import atomic_write_all, text_writer
 
     nir = _nir()
 
@@ -774,12 +774,4 @@ def _write(graph, side: dict[str, Any], path: Path, sidecar: Path, *, force: boo
         nir.write(tmp, graph)
         nir.read(tmp)
 
-    written: list[Path] = []
-    try:
-        written.append(atomic_write(path, write_nir, force=force))
-        text = json.dumps(side, indent=2, default=str)
-        written.append(atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), force=force))
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
+    atomic_write_all([(path, write_nir), (sidecar, text_writer(json.dumps(side, indent=2, default=str)))], force=force)

@@ -74,6 +74,29 @@ def maxpool_function_to_module(gm: fx.GraphModule, node: fx.Node, nonneg: set) -
     return replace_node(gm, node, "call_module", name, (node.args[0],))
 
 
+#: functional average pools and the module each becomes (the module's arguments follow the function's order)
+AVGPOOL_FUNCTIONS = {F.avg_pool1d: nn.AvgPool1d, F.avg_pool2d: nn.AvgPool2d,
+                     F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d}
+
+
+def avgpool_function_to_module(gm: fx.GraphModule, node: fx.Node, nonneg: set) -> fx.Node:
+    """``F.avg_pool2d(x, 2)`` (and 1-D, adaptive) becomes ``nn.AvgPool2d(2)``, so exporters meet modules only;
+    ``torch.mean`` stays a function."""
+    import inspect
+
+    cls = AVGPOOL_FUNCTIONS.get(node.target) if node.op == "call_function" else None
+    if cls is None:
+        return node
+    try:
+        bound = inspect.signature(cls.__init__).bind(None, *node.args[1:], **node.kwargs)
+        module = cls(*bound.args[1:], **bound.kwargs)
+    except TypeError as exc:
+        raise UnsupportedNodeError(node, f"its arguments do not describe a pooling ({exc}); use {cls.__name__}")
+    name = unique_name(gm, "avgpool")
+    set_module(gm, name, module)
+    return replace_node(gm, node, "call_module", name, (node.args[0],))
+
+
 def check_add(gm: fx.GraphModule, node: fx.Node, nonneg: set) -> fx.Node:
     """Only the sum of two tensors of one shape is supported (the ONNX ``Add`` of two streams)."""
     args = [a for a in node.args if a is not None]
