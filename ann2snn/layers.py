@@ -25,7 +25,8 @@ from torch import nn
 
 from ann2snn.errors import Ann2SnnError
 
-__all__ = ["QCFS", "SignedQCFS", "Affine", "GRANULARITIES", "to_channelwise", "qcfs_modules", "inverse_softplus"]
+__all__ = ["QCFS", "SignedQCFS", "Affine", "ClassToken", "MatMul", "Multiply", "GRANULARITIES", "to_channelwise",
+           "qcfs_modules", "inverse_softplus"]
 
 GRANULARITIES = ("layer", "channel", "head", "neuron")
 _DEFAULT_DIM = {"layer": None, "channel": 1, "head": 1, "neuron": -1}
@@ -315,6 +316,40 @@ class Affine(nn.Module):
         return f"shape={tuple(self.weight.shape)}, bias={self.bias is not None}"
 
 
+class ClassToken(nn.Module):
+    """Prepend one learned token along dim 1: ``[B, N, D] -> [B, N + 1, D]`` (a ViT's class token).
+
+    A module rather than ``torch.cat([token.expand(x.shape[0], -1, -1), x], 1)`` in ``forward`` so the converter
+    sees one operator with a constant part (the token) and no shape arithmetic on the batch size.
+    """
+
+    def __init__(self, dim: int, *, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, int(dim)))
+        nn.init.trunc_normal_(self.token, std=init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.token.shape[-1]}"
+
+
+class MatMul(nn.Module):
+    """``a @ b`` as a module: what ``normalize`` makes of ``torch.matmul`` / ``@`` on two values (Q·Kᵀ, attn·V),
+    so the spiking product (:class:`ann2snn.neurons.Compensated`) can replace it."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+
+class Multiply(nn.Module):
+    """``a * b`` of two values (not a value and a constant) as a module, for the same reason as :class:`MatMul`."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
 def qcfs_modules(model: nn.Module) -> list[tuple[str, QCFS]]:
     """All QCFS modules of ``model`` (signed ones included) with their qualified names, in registration order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, QCFS)]
@@ -325,7 +360,7 @@ def to_channelwise(
     model: nn.Module,
     example_input: torch.Tensor | None = None,
     *,
-    granularity: str = "channel",
+    granularity: str | dict[str, tuple[str, int]] = "channel",
     dim: int | None = None,
 ) -> nn.Module:
     """Turn every layer-wise QCFS of ``model`` into a ``granularity``-wise one with the same function.
@@ -333,20 +368,32 @@ def to_channelwise(
     Each new threshold starts at the layer value, so the model computes exactly what it did
     (stage 2 of two-stage CS-QCFS training starts from the stage-1 function). The number of channels is
     read from ``example_input`` by a forward pass; without one, every QCFS must already be sized.
+    ``granularity`` may instead map qualified QCFS names to ``(granularity, dim)`` (a transformer's
+    ``threshold_plan()``: head-wise on attention, neuron-wise elsewhere); only the named QCFS change.
     Works in place and returns ``model``.
     """
-    if granularity == "layer":
-        raise Ann2SnnError("to_channelwise needs granularity 'channel', 'head' or 'neuron', not 'layer'")
-    target_dim = _DEFAULT_DIM[granularity] if dim is None else dim
-    sizes: dict[str, int] = {}
     modules = qcfs_modules(model)
     if not modules:
         raise Ann2SnnError("model has no QCFS layer to make channel-wise")
+    if isinstance(granularity, str):
+        if granularity == "layer" or granularity not in GRANULARITIES:
+            raise Ann2SnnError(f"to_channelwise needs granularity 'channel', 'head' or 'neuron', not {granularity!r}")
+        targets = {name: (granularity, _DEFAULT_DIM[granularity] if dim is None else dim) for name, _ in modules}
+    else:
+        targets = dict(granularity)
+        names = {name for name, _ in modules}
+        for name, (gran, _) in targets.items():
+            if name not in names or gran == "layer" or gran not in GRANULARITIES:
+                raise Ann2SnnError(f"to_channelwise plan entry {name!r} → {gran!r} names no QCFS of the model or "
+                                   "no granularity 'channel', 'head' or 'neuron'")
+    sizes: dict[str, int] = {}
     if example_input is not None:
         hooks = []
         for name, q in modules:
-            def hook(mod, args, _name=name):
-                sizes[_name] = args[0].shape[target_dim % args[0].dim()]
+            if name not in targets:
+                continue
+            def hook(mod, args, _name=name, _dim=targets[name][1]):
+                sizes[_name] = args[0].shape[_dim % args[0].dim()]
             hooks.append(q.register_forward_pre_hook(hook))
         was_training = model.training
         model.eval()
@@ -357,8 +404,9 @@ def to_channelwise(
             for h in hooks:
                 h.remove()
     for name, q in modules:
-        if q.granularity != "layer":
+        if q.granularity != "layer" or name not in targets:
             continue
+        target, target_dim = targets[name]
         n = sizes.get(name)
         if n is None:
             raise Ann2SnnError(
@@ -370,9 +418,8 @@ def to_channelwise(
         q.lam = nn.Parameter(q.lam.detach().reshape(1).repeat(n).clone())
         if q.signed and q.negative == "learned":  # λ_n follows λ: one copy of the layer value per channel
             q.lam_neg = nn.Parameter(q.lam_neg.detach().reshape(1).repeat(n).clone())
-        q.granularity = granularity
+        q.granularity = target
         q.dim = target_dim
         if q.signed:
             q.neg_dim = target_dim
     return model
-

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["StatefulModule", "IFNeuron", "BipolarNeuron", "SpikingMaxPool2d", "neuron_for_qcfs", "stateful_modules",
-           "reset_states"]
+__all__ = ["StatefulModule", "IFNeuron", "BipolarNeuron", "SpikingMaxPool2d", "Compensated", "neuron_for_qcfs",
+           "stateful_modules", "reset_states"]
 
 State = tuple[torch.Tensor, ...]
 
@@ -316,6 +316,74 @@ class SpikingMaxPool2d(StatefulModule):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class Compensated(StatefulModule):
+    """The spiking form of a non-linear operator ``f`` on spiking values (DESIGN §2b): the product Q·Kᵀ and
+    attn·V, softmax, LayerNorm, GELU.
+
+    It keeps the running sum ``S_i`` of each input and emits ``O_t = tot_t − tot_{t−1}`` with
+    ``tot_t = N(t)·f(S_1/N(t), S_2/N(t), …)``, so the value of its output stream after t steps,
+    ``Σ O / N(t)``, is ``f`` of the values of its input streams — exactly, at every step, for any input, under
+    both time conventions (``N(t) = t`` for rate, ``min(t, L)`` for exact). The operator adds no error of its
+    own; only neurons do. Evaluating ``f`` on each step's message instead (MST-style) is off by 0.2–1.5.
+
+    Args:
+        op: the QANN module computing ``f`` (``nn.LayerNorm``, ``nn.Softmax``, ``nn.GELU``,
+            :class:`~ann2snn.layers.MatMul`, :class:`~ann2snn.layers.Multiply`); kept as a submodule.
+        n_inputs: how many value inputs ``f`` takes.
+        convention: ``"rate"`` or ``"exact"``; ``length``: the exact schedule's L.
+
+    State per input ``sum<i>``, plus ``total`` (``tot_{t−1}``) and ``steps`` (``t − 1``, one per sample, shaped
+    ``[B, 1, …, 1]`` to broadcast against the values: every supported ``f`` keeps its inputs' rank).
+    """
+
+    kind = "compensated"
+
+    def __init__(self, op: nn.Module, n_inputs: int, *, convention: str = "rate", length: int | None = None) -> None:
+        super().__init__()
+        if convention not in ("rate", "exact"):
+            raise ValueError(f"convention must be 'rate' or 'exact', got {convention!r}")
+        if convention == "exact" and (not isinstance(length, int) or length <= 0):
+            raise ValueError(f"the exact convention needs a schedule length L >= 1, got {length!r}")
+        self.op = op
+        self.n_inputs = int(n_inputs)
+        self.convention = convention
+        self.length = int(length) if convention == "exact" else None
+        self.state_names = (*(f"sum{i}" for i in range(self.n_inputs)), "total", "steps")
+
+    def counted(self, steps: torch.Tensor) -> torch.Tensor:
+        """``N(t)`` for step numbers ``t`` (any shape)."""
+        return steps if self.length is None else steps.clamp(max=float(self.length))
+
+    def init_state(self, *xs: torch.Tensor) -> State:
+        with torch.no_grad():
+            y = self.op(*xs)
+        steps = xs[0].new_zeros(xs[0].shape[0], *([1] * (xs[0].dim() - 1)))  # broadcasts against inputs, output
+        return (*(torch.zeros_like(x) for x in xs), torch.zeros_like(y), steps)
+
+    def step(self, *xs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        sums = [s + x for s, x in zip(state[:self.n_inputs], xs)]
+        prev, steps = state[self.n_inputs], state[self.n_inputs + 1] + 1
+        n = self.counted(steps)
+        tot = self.op(*(s / n for s in sums)) * n
+        return tot - prev, (*sums, tot, steps)
+
+    def multi_step(self, *xs_seq: torch.Tensor) -> torch.Tensor:
+        T = xs_seq[0].shape[0]
+        n = self.counted(torch.arange(1, T + 1, dtype=xs_seq[0].dtype, device=xs_seq[0].device))
+
+        def per_step(like: torch.Tensor) -> torch.Tensor:
+            return n.reshape(T, *([1] * (like.dim() - 1)))
+
+        values = [(torch.cumsum(x, 0) / per_step(x)).flatten(0, 1) for x in xs_seq]
+        tot = self.op(*values).unflatten(0, (T, -1))
+        tot = tot * per_step(tot)
+        return torch.diff(tot, dim=0, prepend=torch.zeros_like(tot[:1]))
+
+    def extra_repr(self) -> str:
+        sched = "rate" if self.length is None else f"exact, L={self.length}"
+        return f"inputs={self.n_inputs}, {sched}"
 
 
 def stateful_modules(model: nn.Module) -> list[tuple[str, StatefulModule]]:

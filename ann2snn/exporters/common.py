@@ -26,7 +26,7 @@ from torch import fx, nn
 
 from ann2snn.errors import Ann2SnnError, UnsupportedNodeError
 from ann2snn.layers import Affine
-from ann2snn.neurons import BipolarNeuron, IFNeuron, SpikingMaxPool2d, StatefulModule
+from ann2snn.neurons import BipolarNeuron, Compensated, IFNeuron, SpikingMaxPool2d, StatefulModule
 from ann2snn.passes.graph import classify
 from ann2snn.simulator import RATE, TimeSchedule
 
@@ -263,8 +263,40 @@ def _identity(em, node, m, xs, k, shapes):
     return xs[0]
 
 
+def _layout(em, node, m, xs, k, shapes):
+    """A layout op (moves elements only) as one Gather over the flattened sample, its indices found by running the
+    op on ``arange`` (:func:`ann2snn.ops.graph.index_map`); a plain Reshape when the order does not change."""
+    from ann2snn.ops.graph import index_map
+
+    key = (id(node), "index_map")
+    out = shapes[node]
+    target = em.const(np.array([0, *out], dtype=np.int64), key=(key, "shape"))
+    if key not in em._consts:
+        idx = index_map(node, shapes[node.args[0]], dict(node.graph.owning_module.named_modules()))
+        same = idx.numel() == int(np.prod(shapes[node.args[0]])) and bool(torch.equal(idx, torch.arange(idx.numel())))
+        em._consts[key] = None if same else em.const(idx.numpy().astype(np.int64), hint="gather_idx")
+    idx = em._consts[key]
+    if idx is None:
+        return em.op("Reshape", [xs[0], target])
+    flat = em.op("Reshape", [xs[0], em.const(np.array([0, -1], dtype=np.int64), key=("flat2d",))])
+    return em.op("Reshape", [em.op("Gather", [flat, idx], {"axis": 1}), target])
+
+
+def _token(em, node, m, xs, k, shapes):
+    """``[token·k, x]`` along dim 1: the class token, expanded to the batch, is this op's constant part."""
+    x = xs[0]
+    tok = em.const(m.token.detach().reshape(1, 1, -1) * k, key=(id(m), "token", k), hint="token")
+    batch = em.op("Slice", [em.op("Shape", [x], dtype=np.int64), em.const(np.array([0], dtype=np.int64)),
+                            em.const(np.array([1], dtype=np.int64))], dtype=np.int64)
+    rest = em.const(np.array([1, m.token.shape[-1]], dtype=np.int64), key=(id(m), "token_shape"))
+    shape = em.op("Concat", [batch, rest], {"axis": 0}, dtype=np.int64)
+    return em.op("Concat", [em.op("Expand", [tok, shape]), x], {"axis": 1})
+
+
 #: node kind -> emitter of one application (see module docstring)
 STATELESS: dict[str, Callable] = {
+    "layout": _layout,
+    "token": _token,
     "linear": _conv,
     "affine": _affine,
     "pool": _pool,
@@ -482,11 +514,85 @@ def _maxpool_step(em: Emitter, m: SpikingMaxPool2d, xs, states):
     return em.op("Sub", [mx, prev]), [count, mx]
 
 
+def _function(em: Emitter, op: nn.Module, xs: list):
+    """``f(xs)`` of a compensated operator's QANN module, on one step's values."""
+    from ann2snn.layers import MatMul, Multiply
+
+    if isinstance(op, MatMul):
+        return em.op("MatMul", xs)
+    if isinstance(op, Multiply):
+        return em.op("Mul", xs)
+    if isinstance(op, nn.Softmax):
+        return em.op("Softmax", xs, {"axis": int(op.dim)})
+    if isinstance(op, nn.LayerNorm):
+        shape = tuple(op.normalized_shape)
+        w = op.weight.detach() if op.weight is not None else torch.ones(shape)
+        b = op.bias.detach() if op.bias is not None else torch.zeros(shape)
+        scale, shift = em.const(w, key=(id(op), "ln_w")), em.const(b, key=(id(op), "ln_b"))
+        return em.op("LayerNormalization", [xs[0], scale, shift], {"axis": -len(shape), "epsilon": float(op.eps)})
+    if isinstance(op, nn.GELU):
+        x = xs[0]
+        if op.approximate == "tanh":  # 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+            cube = em.op("Mul", [em.op("Mul", [x, x]), x])
+            inner = em.op("Mul", [em.op("Add", [x, em.op("Mul", [cube, em.scalar(0.044715)])]),
+                                  em.scalar(float(np.sqrt(2.0 / np.pi)))])
+            gate = em.op("Tanh", [inner])
+        else:  # 0.5·x·(1 + erf(x/√2))
+            gate = em.op("Erf", [em.op("Mul", [x, em.scalar(float(1.0 / np.sqrt(2.0)))])])
+        return em.op("Mul", [em.op("Mul", [x, em.scalar(0.5)]), em.op("Add", [gate, em.scalar(1.0)])])
+    raise Ann2SnnError(f"the compensated operator on {type(op).__name__} has no ONNX form; add it to "
+                       "ann2snn.exporters.common._function")
+
+
+def _compensated_unrolled(em: Emitter, m: Compensated, xs, T: int, *, shifted: bool = False,
+                          schedule: TimeSchedule = RATE):
+    """On accumulated inputs the compensated operator needs no state: its accumulated output at step t is
+    ``N(t)·f(S_t/N(t))``. A bilinear ``f`` (product) is ``f(S_1, S_2)/N(t)`` — or ``f(x, S_t)`` with one
+    time-invariant operand x — so no rescaling of the inputs. All inputs time-invariant: ``f(x)`` is too."""
+    from ann2snn.layers import MatMul, Multiply
+
+    if not any(isinstance(x, list) for x in xs):
+        return _function(em, m.op, list(xs))
+    bilinear = isinstance(m.op, (MatMul, Multiply))
+    varying = sum(isinstance(x, list) for x in xs)
+    out, cache = [], {}
+    for t in range(1, T + 1):
+        n = float(schedule.steps_counted(t))
+        ins = [x[t - 1] if isinstance(x, list) else x for x in xs]
+        key = (tuple(v.name for v in ins), n)
+        if key not in cache:
+            if bilinear:
+                y = _function(em, m.op, ins)
+                if varying == 2 and n != 1.0:
+                    y = em.op("Mul", [y, em.scalar(1.0 / n)])
+            else:
+                vals = [v if n == 1.0 or not isinstance(x, list) else em.op("Mul", [v, em.scalar(1.0 / n)])
+                        for v, x in zip(ins, xs)]
+                y = _function(em, m.op, vals)
+                if n != 1.0:
+                    y = em.op("Mul", [y, em.scalar(n)])
+            cache[key] = y
+        out.append(cache[key])
+    return out
+
+
+def _compensated_step(em: Emitter, m: Compensated, xs, states):
+    """One step: ``S_i += x_i``; ``tot = N·f(S/N)``; emit ``tot − tot_prev`` (N = min(steps, L) under exact)."""
+    k = m.n_inputs
+    sums = [em.op("Add", [s, x]) for s, x in zip(states[:k], xs)]
+    prev = states[k]
+    steps = em.op("Add", [states[k + 1], em.scalar(1.0)])
+    n = steps if m.length is None else em.op("Min", [steps, em.scalar(float(m.length))])
+    tot = em.op("Mul", [_function(em, m.op, [em.op("Div", [s, n]) for s in sums]), n])
+    return em.op("Sub", [tot, prev]), [*sums, tot, steps]
+
+
 #: StatefulModule.kind -> its builder; both exporters treat every stateful operator through this table.
 STATEFUL: dict[str, StatefulBuilder] = {
     "if": StatefulBuilder(unrolled=_if_unrolled, step=_if_step, input_offset=if_input_offset),
     "bipolar": StatefulBuilder(unrolled=_bipolar_unrolled, step=_bipolar_step, input_offset=bipolar_input_offset),
     "maxpool": StatefulBuilder(unrolled=_maxpool_unrolled, step=_maxpool_step),
+    "compensated": StatefulBuilder(unrolled=_compensated_unrolled, step=_compensated_step),
 }
 
 

@@ -57,7 +57,7 @@ from ann2snn.neurons import StatefulModule
 __all__ = ["build_unrolled", "PROBE_PREFIX"]
 #: the read-out tail is composed into one matrix when it has at most this many entries
 MAX_READOUT_ENTRIES = 1 << 22
-_AFFINE_KINDS = ("linear", "affine", "pool", "flatten", "reshape", "add", "cat", "identity")
+_AFFINE_KINDS = ("linear", "affine", "pool", "flatten", "reshape", "add", "cat", "identity", "layout", "token")
 
 
 def readout_tail(gm: fx.GraphModule, modules: dict, shapes: dict):

@@ -39,6 +39,9 @@ class Fold(str, Enum):
     QUANTIZER = "quantizer"
     #: the network output: wants scale 1
     SINK = "sink"
+    #: a non-linear op on values (product, softmax, LayerNorm, class token): wants every input at scale 1,
+    #: outputs scale 1
+    OPAQUE = "opaque"
     #: must be gone before folding runs (BatchNorm, ReLU, identities) or is already spiking
     BARRIER = "barrier"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-__all__ = ["is_tensor", "shape_of", "tensor_inputs", "modules_of", "set_module", "unique_name", "replace_node"]
+__all__ = ["is_tensor", "shape_of", "tensor_inputs", "modules_of", "set_module", "unique_name", "replace_node",
+           "apply_node", "index_map"]
 
 
 def is_tensor(node: fx.Node) -> bool:
@@ -56,3 +57,30 @@ def replace_node(gm: fx.GraphModule, node: fx.Node, op: str, target, args: tuple
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return new
+
+
+def apply_node(node: fx.Node, value: torch.Tensor, modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
+    """``node``'s own operation applied to ``value`` in place of its first input; every other argument must be a
+    constant (a ``ValueError`` otherwise). How scales and index maps move through layout ops."""
+    rest = node.args[1:]
+    if _has_node(rest) or _has_node(node.kwargs):
+        raise ValueError(f"{node.name} takes a computed argument")
+    args = (value, *rest)
+    if node.op == "call_module":
+        return modules[node.target](*args, **node.kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **node.kwargs)
+    return getattr(value, node.target)(*rest, **node.kwargs)
+
+
+def _has_node(a) -> bool:
+    found = []
+    fx.node.map_arg(a, lambda n: found.append(n))
+    return bool(found)
+
+
+def index_map(node: fx.Node, in_shape, modules: dict[str, nn.Module] | None = None) -> torch.Tensor:
+    """For a layout op (moves elements only): which input element of one sample each output element is, as a flat
+    int64 tensor over the output sample (``in_shape``: the per-sample input shape)."""
+    idx = torch.arange(int(torch.Size(in_shape).numel()), dtype=torch.int64).reshape(1, *in_shape)
+    return apply_node(node, idx, modules).reshape(-1)

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ann2snn.layers import QCFS, Affine, SignedQCFS
-from ann2snn.neurons import BipolarNeuron, IFNeuron, SpikingMaxPool2d
+from ann2snn.layers import QCFS, Affine, ClassToken, MatMul, Multiply, SignedQCFS
+from ann2snn.neurons import BipolarNeuron, Compensated, IFNeuron, SpikingMaxPool2d
 from ann2snn.ops import rules
 from ann2snn.ops.base import Accounting, Fold, OpRecord, Rewrite, Sign, Spiking
 from ann2snn.ops.scales import AFFINE_SCALE, CONV_SCALE, LINEAR_SCALE
@@ -64,8 +64,38 @@ QANN_RECORDS: tuple[OpRecord, ...] = (
     OpRecord("flatten", "flatten", modules=(nn.Flatten,), functions=(torch.flatten,), methods=("flatten",),
              fold=Fold.RESHAPE, sign=Sign.PRESERVE),
     OpRecord("reshape", "reshape", functions=(torch.reshape,), methods=("view", "reshape"),
-             rewrite=Rewrite(rules.reshape_to_flatten, "reshapes_to_flatten"), sign=Sign.PRESERVE,
+             rewrite=Rewrite(rules.reshape_to_flatten, "reshapes_to_flatten"), fold=Fold.RESHAPE,
+             sign=Sign.PRESERVE),
+    # --- transformers: constants, layout ops, the class token, non-linear ops on values (DESIGN §2b) ---
+    OpRecord("constant", "constant", opcodes=("get_attr",), fold=Fold.SOURCE, spiking=Spiking.STRUCTURAL),
+    OpRecord("layout", "layout", modules=(nn.Unflatten,),
+             functions=(torch.permute, torch.transpose, torch.swapaxes, torch.movedim, torch.roll, torch.narrow,
+                        torch.select, torch.squeeze, torch.unsqueeze, torch.unflatten, operator.getitem),
+             methods=("permute", "transpose", "swapaxes", "movedim", "roll", "narrow", "select", "squeeze",
+                      "unsqueeze", "unflatten", "expand", "repeat"),
+             rewrite=Rewrite(rules.check_layout), fold=Fold.RESHAPE, sign=Sign.PRESERVE),
+    OpRecord("split", "split", functions=(torch.chunk, torch.split, torch.unbind, torch.tensor_split),
+             methods=("chunk", "split", "unbind", "tensor_split"),
+             rewrite=Rewrite(rules.split_to_slices, "splits_to_slices"), sign=Sign.PRESERVE,
              spiking=Spiking.REWRITTEN),
+    OpRecord("elementwise", "elementwise",
+             functions=(operator.mul, torch.mul, operator.truediv, torch.div, operator.sub, torch.sub),
+             methods=("mul", "div", "sub"), rewrite=Rewrite(rules.elementwise, "constants_to_affine"),
+             spiking=Spiking.REWRITTEN),
+    OpRecord("class_token", "token", modules=(ClassToken,), fold=Fold.OPAQUE),
+    OpRecord("matmul", "product", modules=(MatMul,), functions=(operator.matmul, torch.matmul, torch.bmm),
+             methods=("matmul", "bmm"), rewrite=Rewrite(rules.function_to_module, "functions_to_modules"),
+             fold=Fold.OPAQUE, spiking=Spiking.REPLACED, replace=rules.to_compensated),
+    OpRecord("multiply", "product", modules=(Multiply,), fold=Fold.OPAQUE, spiking=Spiking.REPLACED,
+             replace=rules.to_compensated),
+    OpRecord("softmax", "softmax", modules=(nn.Softmax,), functions=(F.softmax, torch.softmax),
+             methods=("softmax",), rewrite=Rewrite(rules.function_to_module, "functions_to_modules"),
+             fold=Fold.OPAQUE, sign=Sign.NONNEG, spiking=Spiking.REPLACED, replace=rules.to_compensated),
+    OpRecord("layernorm", "layernorm", modules=(nn.LayerNorm,), fold=Fold.OPAQUE, spiking=Spiking.REPLACED,
+             replace=rules.to_compensated),
+    OpRecord("gelu", "gelu", modules=(nn.GELU,), functions=(F.gelu,),
+             rewrite=Rewrite(rules.function_to_module, "functions_to_modules"), fold=Fold.OPAQUE,
+             spiking=Spiking.REPLACED, replace=rules.to_compensated),
 )
 
 SPIKING_RECORDS: tuple[OpRecord, ...] = (
@@ -74,6 +104,8 @@ SPIKING_RECORDS: tuple[OpRecord, ...] = (
     OpRecord("bipolar", "stateful", modules=(BipolarNeuron,), sign=Sign.SIGNED, spiking=Spiking.STATEFUL,
              stateful_kind="bipolar",
              accounting=Accounting(neuron=True, report_list="neurons", counter="bipolar_neurons")),
+    OpRecord("compensated", "stateful", modules=(Compensated,), spiking=Spiking.STATEFUL, stateful_kind="compensated",
+             accounting=Accounting(report_list="compensated_ops", counter="compensated_ops")),
     OpRecord("spiking_maxpool", "stateful", modules=(SpikingMaxPool2d,), sign=Sign.PRESERVE,
              spiking=Spiking.STATEFUL, stateful_kind="maxpool",
              accounting=Accounting(report_list="spiking_maxpools", counter="spiking_maxpools")),

@@ -11,9 +11,10 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from ann2snn.errors import UnsupportedNodeError
-from ann2snn.neurons import SpikingMaxPool2d, neuron_for_qcfs
+from ann2snn.layers import Affine, MatMul, Multiply
+from ann2snn.neurons import Compensated, SpikingMaxPool2d, neuron_for_qcfs
 from ann2snn.ops.base import SpikingOptions, Synapses
-from ann2snn.ops.graph import replace_node, set_module, shape_of, unique_name
+from ann2snn.ops.graph import apply_node, is_tensor, replace_node, set_module, shape_of, unique_name
 
 # --- pattern conditions ------------------------------------------------------------------------------------------
 
@@ -47,17 +48,83 @@ def drop_redundant_relu(gm: fx.GraphModule, node: fx.Node, nonneg: set) -> None:
 
 
 def reshape_to_flatten(gm: fx.GraphModule, node: fx.Node, nonneg: set) -> fx.Node:
-    """``view`` / ``reshape`` that flatten trailing dims become ``torch.flatten(x, start)``."""
+    """``view`` / ``reshape`` that flatten trailing dims become ``torch.flatten(x, start)``; any other reshape stays
+    (a layout op) when it keeps every sample whole at dim 0 (:func:`check_layout`)."""
     src = node.args[0]
     sin, sout = shape_of(src), shape_of(node)
     start = len(sout) - 1
-    if not (len(sout) <= len(sin) and tuple(sin[:start]) == tuple(sout[:start])
-            and math.prod(sin[start:]) == sout[-1] and start >= 1):
-        raise UnsupportedNodeError(
-            node, f"reshape {tuple(sin)} -> {tuple(sout)} is not a flatten of trailing dims; only flattening "
-            "reshapes are supported in CNNs: use torch.flatten(x, 1)"
-        )
-    return replace_node(gm, node, "call_function", torch.flatten, (src, start))
+    if len(sout) <= len(sin) and tuple(sin[:start]) == tuple(sout[:start]) and math.prod(sin[start:]) == sout[-1] \
+            and start >= 1:
+        return replace_node(gm, node, "call_function", torch.flatten, (src, start))
+    return check_layout(gm, node, nonneg)
+
+
+def check_layout(gm: fx.GraphModule, node: fx.Node, nonneg: set) -> fx.Node:
+    """A layout op (permute, transpose, slicing, roll, reshape, ...) is converted as it is when its arguments are
+    constants and it keeps the batch at dim 0, each output sample made of its own input sample's elements (the
+    simulator runs it on ``[T·B, ...]``, the exporters on ``[B, ...]``)."""
+    src = node.args[0] if node.args else None
+    if not (isinstance(src, fx.Node) and is_tensor(src)):
+        raise UnsupportedNodeError(node, "a layout op must take a tensor as its first argument")
+    sin = tuple(shape_of(src)[1:])
+    n = math.prod(sin)
+    probe = torch.arange(2 * n, dtype=torch.int64).reshape(2, *sin)
+    try:
+        out = apply_node(node, probe, dict(gm.named_modules()))
+    except ValueError:
+        raise UnsupportedNodeError(node, "its shape arguments are computed from the input; write them as numbers "
+                                   "(the batch dim as -1)") from None
+    except (RuntimeError, IndexError, TypeError) as exc:
+        raise UnsupportedNodeError(node, f"it does not run on a batch of two ({str(exc).splitlines()[0]}); keep the "
+                                   "batch dim first and write the other dims as numbers (the batch as -1)") from None
+    if out.dim() == 0 or out.shape[0] != 2 or not bool((out[0] < n).all()) or not bool((out[1] >= n).all()):
+        raise UnsupportedNodeError(node, "it moves or merges the batch dim; keep the batch at dim 0 and move only "
+                                   "the other dims (e.g. keep windows or heads as a separate dim)")
+    return node
+
+
+#: tuple-producing ops that normalize turns into one slice per used piece
+_SPLIT_NAMES = {torch.chunk: "chunk", torch.split: "split", torch.unbind: "unbind", torch.tensor_split: "tensor_split"}
+
+
+def split_to_slices(gm: fx.GraphModule, node: fx.Node, nonneg: set) -> None:
+    """``chunk`` / ``split`` / ``unbind`` / ``tensor_split`` followed by ``[i]`` become one ``torch.narrow``
+    (``torch.select`` for unbind) per used piece, so every layout op has one input and one output."""
+    name = node.target if node.op == "call_method" else _SPLIT_NAMES.get(node.target, "split")
+    src = node.args[0]
+    if not (isinstance(src, fx.Node) and is_tensor(src)):
+        raise UnsupportedNodeError(node, f"{name} must take a tensor")
+    users = list(node.users)
+    if not all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+               for u in users):
+        raise UnsupportedNodeError(node, f"the pieces of {name} must be used by index (a, b = x.{name}(...) or "
+                                   f"x.{name}(...)[i])")
+    sin = tuple(shape_of(src)[1:])
+    idx = torch.arange(math.prod(sin), dtype=torch.int64).reshape(1, *sin)
+    try:
+        pieces = apply_node(node, idx)
+    except ValueError:
+        raise UnsupportedNodeError(node, f"the sizes of {name} are computed from the input; write them as "
+                                   "numbers") from None
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 and name != "unbind" else
+                          (node.args[1] if len(node.args) > 1 and name == "unbind" else 0))
+    rank = len(sin) + 1
+    if not isinstance(dim, int) or dim % rank == 0:
+        raise UnsupportedNodeError(node, f"{name} along the batch dim cannot be converted; split another dim")
+    dim %= rank
+    start = 0
+    starts = []
+    for p in pieces:
+        starts.append(start)
+        start += 1 if name == "unbind" else p.shape[dim]
+    for u in users:
+        i = u.args[1]
+        if name == "unbind":
+            u.target, u.args = torch.select, (src, dim, starts[i])
+        else:
+            u.target, u.args = torch.narrow, (src, dim, starts[i], pieces[i].shape[dim])
+    gm.graph.erase_node(node)
+    return None
 
 
 def maxpool_function_to_module(gm: fx.GraphModule, node: fx.Node, nonneg: set) -> fx.Node:
@@ -84,6 +151,12 @@ def avgpool_function_to_module(gm: fx.GraphModule, node: fx.Node, nonneg: set) -
     ``torch.mean`` stays a function."""
     import inspect
 
+    if node.target in (torch.mean, "mean"):  # the simulator and the exporters would mix the samples of a batch
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims or ())
+        if not dims or 0 in [d % len(shape_of(node.args[0])) for d in dims]:
+            raise UnsupportedNodeError(node, "a mean over the batch dim (or over every dim) mixes the samples of a "
+                                       "batch; take it over the other dims only, e.g. x.mean((2, 3))")
     cls = AVGPOOL_FUNCTIONS.get(node.target) if node.op == "call_function" else None
     if cls is None:
         return node
@@ -97,12 +170,49 @@ def avgpool_function_to_module(gm: fx.GraphModule, node: fx.Node, nonneg: set) -
     return replace_node(gm, node, "call_module", name, (node.args[0],))
 
 
+def _constant_value(gm: fx.GraphModule, a) -> torch.Tensor | None:
+    """The value of a constant operand: a Python number, or a parameter / buffer (a ``get_attr`` node, after
+    ``normalize`` folded constant expressions into one); None for a value computed from the input."""
+    if isinstance(a, bool):
+        return None
+    if isinstance(a, (int, float)):
+        return torch.tensor(float(a))
+    if isinstance(a, fx.Node) and a.op == "get_attr":
+        v = gm
+        for part in a.target.split("."):
+            v = getattr(v, part)
+        return v.detach().float() if isinstance(v, torch.Tensor) else None
+    return None
+
+
+def _to_affine(gm: fx.GraphModule, node: fx.Node, x: fx.Node, weight: torch.Tensor,
+               bias: torch.Tensor | None) -> fx.Node:
+    """Replace ``node`` by ``Affine(weight, bias)(x)``; the output must keep ``x``'s shape."""
+    if tuple(shape_of(node)) != tuple(shape_of(x)):
+        raise UnsupportedNodeError(node, f"the constant broadcasts the value from {tuple(shape_of(x))} to "
+                                   f"{tuple(shape_of(node))}; expand the value instead")
+    rank = len(shape_of(x))
+    if any(c is not None and c.dim() == rank and c.shape[0] != 1 for c in (weight, bias)):
+        raise UnsupportedNodeError(node, "the constant differs along the batch dim; give it batch size 1")
+    name = unique_name(gm, "affine")
+    set_module(gm, name, Affine(weight, bias))
+    return replace_node(gm, node, "call_module", name, (x,))
+
+
 def check_add(gm: fx.GraphModule, node: fx.Node, nonneg: set) -> fx.Node:
-    """Only the sum of two tensors of one shape is supported (the ONNX ``Add`` of two streams)."""
+    """The sum of two values of one shape (the ONNX ``Add`` of two streams), or of a value and a constant (a
+    parameter such as a position embedding, or a number): that becomes an :class:`~ann2snn.layers.Affine`."""
+    if len(node.args) == 2 and not node.kwargs:
+        a, b = node.args
+        ca, cb = _constant_value(gm, a), _constant_value(gm, b)
+        if (ca is None) != (cb is None):
+            x, c = (b, ca) if ca is not None else (a, cb)
+            if isinstance(x, fx.Node) and is_tensor(x):
+                return _to_affine(gm, node, x, torch.ones(()), c)
     args = [a for a in node.args if a is not None]
     if len(args) != 2 or not all(isinstance(a, fx.Node) for a in args) or node.kwargs.get("alpha", 1) != 1:
         raise UnsupportedNodeError(
-            node, "only the sum of two tensors is supported (no constants, no alpha); fold constants into a bias"
+            node, "only the sum of two tensors, or of a tensor and a constant, is supported (no alpha)"
         )
     if shape_of(args[0]) != shape_of(args[1]):
         raise UnsupportedNodeError(
@@ -110,6 +220,71 @@ def check_add(gm: fx.GraphModule, node: fx.Node, nonneg: set) -> fx.Node:
             "expand the smaller operand explicitly"
         )
     return node
+
+
+def elementwise(gm: fx.GraphModule, node: fx.Node, nonneg: set) -> fx.Node:
+    """``x * c``, ``x / c``, ``x - c``, ``c - x`` with a constant c (number, parameter, buffer) become an
+    :class:`~ann2snn.layers.Affine`; the product of two values becomes a :class:`~ann2snn.layers.Multiply` (a
+    spiking product after conversion); the quotient or difference of two values is refused."""
+    op = node.target if node.op == "call_method" else {
+        operator.mul: "mul", torch.mul: "mul", operator.truediv: "div", torch.div: "div", operator.sub: "sub",
+        torch.sub: "sub"}[node.target]
+    if len(node.args) != 2 or (node.kwargs and set(node.kwargs) != {"alpha"} or node.kwargs.get("alpha", 1) != 1):
+        raise UnsupportedNodeError(node, f"only a two-operand {op} without options is supported")
+    a, b = node.args
+    ca, cb = _constant_value(gm, a), _constant_value(gm, b)
+    if ca is None and cb is None:
+        if op == "mul":
+            name = unique_name(gm, "multiply")
+            set_module(gm, name, Multiply())
+            return replace_node(gm, node, "call_module", name, (a, b))
+        raise UnsupportedNodeError(node, f"the {op} of two values has no spiking form; multiply by a constant "
+                                   "or use a product (a * b)")
+    if ca is not None and cb is not None:
+        raise UnsupportedNodeError(node, f"the {op} of two constants should have been folded")
+    if op == "mul":
+        x, c = (b, ca) if ca is not None else (a, cb)
+        return _to_affine(gm, node, x, c, None)
+    if op == "div":
+        if cb is None:
+            raise UnsupportedNodeError(node, "dividing by a value has no spiking form; divide by a constant")
+        if bool((cb == 0).any()):
+            raise UnsupportedNodeError(node, "division by zero")
+        return _to_affine(gm, node, a, 1.0 / cb, None)
+    if cb is not None:  # x - c
+        return _to_affine(gm, node, a, torch.ones(()), -cb)
+    return _to_affine(gm, node, b, -torch.ones(()), ca)  # c - x
+
+
+def function_to_module(gm: fx.GraphModule, node: fx.Node, nonneg: set) -> fx.Node:
+    """``a @ b``, ``softmax(x, dim)``, ``F.gelu(x)`` become modules (``MatMul``, ``nn.Softmax``, ``nn.GELU``): the
+    spiking replacement is module → module, and each call site gets its own (stateful) operator."""
+    if node.op == "call_module":
+        return node
+    target = node.target
+    fname = target if node.op == "call_method" else getattr(target, "__name__", str(target))
+    if fname in ("matmul", "bmm"):
+        a, b = node.args[0], node.args[1]
+        for v in (a, b):
+            if not (isinstance(v, fx.Node) and is_tensor(v)) or v.op == "get_attr":
+                raise UnsupportedNodeError(node, "a product with a parameter matrix has no spiking form here; "
+                                           "use nn.Linear")
+        module, args = MatMul(), (a, b)
+    elif fname == "softmax":
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        if not isinstance(dim, int) or set(node.kwargs) - {"dim"} or len(node.args) > 2:
+            raise UnsupportedNodeError(node, "softmax needs dim= as a number and no other options")
+        module, args = nn.Softmax(dim), (node.args[0],)
+    elif fname == "gelu":
+        approx = node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
+        module, args = nn.GELU(approximate=approx), (node.args[0],)
+    else:
+        raise UnsupportedNodeError(node, f"{fname} has no module form")
+    if module.__class__ is nn.Softmax and dim % (len(shape_of(node))) == 0:
+        raise UnsupportedNodeError(node, "softmax over the batch dim has no spiking form")
+    name = unique_name(gm, type(module).__name__.lower())
+    set_module(gm, name, module)
+    return replace_node(gm, node, "call_module", name, args)
 
 
 # --- BatchNorm ---------------------------------------------------------------------------------------------------
@@ -163,6 +338,17 @@ def maxpool_to_spiking(m: nn.Module, node: fx.Node, options: SpikingOptions) -> 
         return SpikingMaxPool2d.from_module(m), {}
     except ValueError as exc:
         raise UnsupportedNodeError(node, str(exc)) from exc
+
+
+def to_compensated(m: nn.Module, node: fx.Node, options: SpikingOptions) -> tuple[nn.Module, dict]:
+    """A non-linear operator on values (product, softmax, LayerNorm, GELU) becomes the compensated operator of
+    the time convention (:class:`ann2snn.neurons.Compensated`): exact at every step, it adds no error of its own."""
+    if isinstance(m, nn.Softmax) and m.dim is None:
+        raise UnsupportedNodeError(node, "nn.Softmax needs an explicit dim")
+    n_inputs = sum(isinstance(a, fx.Node) for a in node.args)
+    op = Compensated(m, n_inputs, convention=options.convention,
+                     length=options.schedule_length if options.convention == "exact" else None)
+    return op, {"op": type(m).__name__, "inputs": n_inputs}
 
 
 # --- synaptic operations ---------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from torch import fx
 from ann2snn.errors import ConversionError
 from ann2snn.layers import QCFS, Affine
 from ann2snn.ops import Fold, OpRecord, Spiking, record_for
+from ann2snn.ops.graph import apply_node, index_map
 from ann2snn.ops.scales import Scale, compact, full, only_along, same
 from ann2snn.passes.graph import PassResult, finish, modules_of, set_module, shape_of, tensor_inputs, unique_name
 
@@ -69,6 +70,7 @@ class _Folder:
             Fold.SOURCE: self._source, Fold.ABSORB: self._absorb, Fold.QUANTIZER: self._quantizer,
             Fold.COMMUTE: self._commute, Fold.RESHAPE: self._reshape, Fold.JOIN_ADD: self._join_add,
             Fold.JOIN_CAT: self._join_cat, Fold.SINK: self._sink, Fold.BARRIER: self._barrier,
+            Fold.OPAQUE: self._opaque,
         }
 
     def role(self, node: fx.Node) -> Fold | None:
@@ -89,6 +91,11 @@ class _Folder:
     def _sink(self, node: fx.Node) -> None:
         for src in tensor_inputs(node):
             self.request(src, None, node)
+
+    def _opaque(self, node: fx.Node) -> None:
+        for src in tensor_inputs(node):
+            self.request(src, None, node)
+        self.scale[node] = None
 
     def _barrier(self, node: fx.Node) -> None:
         rec = self.records[node]
@@ -145,12 +152,7 @@ class _Folder:
 
     def _apply(self, node: fx.Node, value: torch.Tensor) -> torch.Tensor:
         """``node``'s own op on ``value`` in place of its first input (a scale moves as the values do)."""
-        args = (value, *node.args[1:])
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **node.kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **node.kwargs)
-        return getattr(value, node.target)(*node.args[1:], **node.kwargs)
+        return apply_node(node, value, self.modules)
 
     def _join_add(self, node: fx.Node) -> None:
         a, b = node.args[0], node.args[1]
@@ -225,12 +227,24 @@ class _Folder:
         if target is None:
             return None
         if self.role(node) is Fold.RESHAPE:
-            return compact(full(target, shape_of(node)).reshape((1, *src_shape[1:])))
+            return self._layout_target_before(node, target)
         vec = only_along(target, len(shape_of(node)), 1)
         if vec is None:
             return False
         return vec.reshape([1, -1] + [1] * (len(src_shape) - 2)) if vec.numel() > 1 else vec.reshape(
             [1] * len(src_shape))
+
+    def _layout_target_before(self, node: fx.Node, target: Scale):
+        """The input scale that a layout op moves onto ``target``: each output element's scale goes back to the
+        input element it came from (its index map); False when one input element would need two scales."""
+        src_shape = tuple(shape_of(node.args[0])[1:])
+        idx = index_map(node, src_shape, self.modules)
+        want = full(target, shape_of(node)).reshape(-1)
+        before = torch.ones(int(torch.Size(src_shape).numel()))
+        before[idx] = want
+        if not bool(torch.equal(before[idx], want)):
+            return False
+        return compact(before.reshape(1, *src_shape))
 
     def _insert_scale(self, node: fx.Node, ratio: Scale, target: Scale, user: fx.Node) -> None:
         name = unique_name(self.gm, f"scale_{node.name}")

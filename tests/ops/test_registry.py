@@ -10,13 +10,14 @@ import pytest
 import torch
 from helpers import Fn, level_mismatch_fraction, randomize
 from opnets import Residual, conv, q
+from tnets import TinySwin, TinyViT, sq, uq
 from torch import fx, nn
 from torch.nn import functional as F
 
 from ann2snn.exporters.common import STATEFUL, STATELESS
-from ann2snn.layers import QCFS, Affine, SignedQCFS
-from ann2snn.neurons import BipolarNeuron, IFNeuron, SpikingMaxPool2d
-from ann2snn.ops import REGISTRY, Fold, OpRecord, Spiking, record_for, stateful_kinds, stateless_kinds
+from ann2snn.layers import QCFS, Affine, ClassToken, MatMul, Multiply, SignedQCFS
+from ann2snn.neurons import BipolarNeuron, Compensated, IFNeuron, SpikingMaxPool2d
+from ann2snn.ops import RECORDS, REGISTRY, Fold, OpRecord, Spiking, record_for, stateful_kinds, stateless_kinds
 from ann2snn.ops.registry import _index
 from ann2snn.passes import DEFAULT_PASSES, run_pipeline, trace
 
@@ -31,7 +32,29 @@ def _iadd_graph() -> fx.GraphModule:
     return fx.GraphModule(nn.Module(), g)
 
 
-C2, D1, FLAT = (2, 4, 4), (2, 8), (8,)
+C2, D1, FLAT, T3 = (2, 4, 4), (2, 8), (8,), (3, 4)
+
+
+class Param(nn.Module):
+    """``x + P`` with a parameter P read in forward (a position embedding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, *T3))
+
+    def forward(self, x):
+        return x + self.pos
+
+
+class Two(nn.Module):
+    """A two-input module applied to ``x`` and its transpose (``x`` for an elementwise one)."""
+
+    def __init__(self, m: nn.Module, transpose: bool = True) -> None:
+        super().__init__()
+        self.m, self.transpose = m, transpose
+
+    def forward(self, x):
+        return self.m(x, x.transpose(1, 2) if self.transpose else x)
 
 #: pattern -> (model containing it, input shape of one sample); a pattern is a class, a function,
 #: ("method", name) or ("opcode", name)
@@ -89,6 +112,48 @@ PATTERN_SAMPLES = {
     torch.reshape: (lambda: Fn(lambda x: torch.reshape(x, (-1, 32))), C2),
     ("method", "view"): (lambda: Fn(lambda x: x.view(-1, 32)), C2),
     ("method", "reshape"): (lambda: Fn(lambda x: x.reshape(-1, 32)), C2),
+    ("opcode", "get_attr"): (Param, T3),
+    nn.Unflatten: (lambda: nn.Unflatten(1, (2, 4)), FLAT),
+    torch.permute: (lambda: Fn(lambda x: torch.permute(x, (0, 2, 1))), T3),
+    torch.transpose: (lambda: Fn(lambda x: torch.transpose(x, 1, 2)), T3),
+    torch.swapaxes: (lambda: Fn(lambda x: torch.swapaxes(x, 1, 2)), T3),
+    torch.movedim: (lambda: Fn(lambda x: torch.movedim(x, 1, 2)), T3),
+    torch.roll: (lambda: Fn(lambda x: torch.roll(x, 1, 2)), T3),
+    torch.narrow: (lambda: Fn(lambda x: torch.narrow(x, 2, 1, 2)), T3),
+    torch.select: (lambda: Fn(lambda x: torch.select(x, 1, 0)), T3),
+    torch.squeeze: (lambda: Fn(lambda x: torch.squeeze(x, 1)), (1, 4)),
+    torch.unsqueeze: (lambda: Fn(lambda x: torch.unsqueeze(x, 1)), T3),
+    torch.unflatten: (lambda: Fn(lambda x: torch.unflatten(x, 2, (2, 2))), T3),
+    **{("method", m): (lambda m=m, a=a: Fn(lambda x: getattr(x, m)(*a)), T3) for m, a in {
+        "permute": (0, 2, 1), "transpose": (1, 2), "swapaxes": (1, 2), "movedim": (1, 2), "roll": (1, 2),
+        "narrow": (2, 1, 2), "select": (1, 0), "squeeze": (), "unsqueeze": (1,), "unflatten": (2, (2, 2)),
+        "expand": (-1, 3, 4), "repeat": (1, 2, 1), "chunk": (2, 2), "split": (2, 2), "unbind": (1,),
+        "tensor_split": (2, 2), "mul": (2.0,), "div": (2.0,), "sub": (1.0,), "softmax": (-1,)}.items()},
+    ("method", "matmul"): (lambda: Fn(lambda x: x.matmul(x.transpose(1, 2))), T3),
+    ("method", "bmm"): (lambda: Fn(lambda x: x.bmm(x.transpose(1, 2))), T3),
+    torch.chunk: (lambda: Fn(lambda x: torch.chunk(x, 2, 2)[1]), T3),
+    torch.split: (lambda: Fn(lambda x: torch.split(x, 2, 2)[1]), T3),
+    torch.unbind: (lambda: Fn(lambda x: torch.unbind(x, 1)[2]), T3),
+    torch.tensor_split: (lambda: Fn(lambda x: torch.tensor_split(x, 2, 2)[0]), T3),
+    operator.mul: (lambda: Fn(lambda x: x * 2.0), T3),
+    torch.mul: (lambda: Fn(lambda x: torch.mul(x, 2.0)), T3),
+    operator.truediv: (lambda: Fn(lambda x: x / 2.0), T3),
+    torch.div: (lambda: Fn(lambda x: torch.div(x, 2.0)), T3),
+    operator.sub: (lambda: Fn(lambda x: x - 1.0), T3),
+    torch.sub: (lambda: Fn(lambda x: torch.sub(x, 1.0)), T3),
+    ClassToken: (lambda: ClassToken(4), T3),
+    MatMul: (lambda: Two(MatMul()), T3),
+    operator.matmul: (lambda: Fn(lambda x: x @ x.transpose(1, 2)), T3),
+    torch.matmul: (lambda: Fn(lambda x: torch.matmul(x, x.transpose(1, 2))), T3),
+    torch.bmm: (lambda: Fn(lambda x: torch.bmm(x, x.transpose(1, 2))), T3),
+    Multiply: (lambda: Two(Multiply(), transpose=False), T3),
+    nn.Softmax: (lambda: nn.Softmax(-1), T3),
+    F.softmax: (lambda: Fn(lambda x: F.softmax(x, -1)), T3),
+    torch.softmax: (lambda: Fn(lambda x: torch.softmax(x, -1)), T3),
+    nn.LayerNorm: (lambda: nn.LayerNorm(4), T3),
+    nn.GELU: (lambda: nn.GELU(), T3),
+    F.gelu: (lambda: Fn(F.gelu), T3),
+    Compensated: (lambda: Compensated(nn.GELU(), 1), T3),
     IFNeuron: (lambda: IFNeuron(), C2),
     BipolarNeuron: (lambda: BipolarNeuron(n_min=-4, n_max=4), C2),
     SpikingMaxPool2d: (lambda: SpikingMaxPool2d(2), C2),
@@ -116,10 +181,15 @@ def _is_pattern_node(node: fx.Node, pattern, modules) -> bool:
     return node.op == "call_function" and node.target is pattern
 
 
+#: (record, pattern) -> sample, where two records share a pattern (one of them conditionally)
+RECORD_PATTERN_SAMPLES = {("layout", operator.getitem): (lambda: Fn(lambda x: x[:, 0::2, 1:]), T3)}
+
+
 @pytest.mark.parametrize("record, pattern", PATTERNS)
 def test_every_pattern_matches_a_node_built_for_it(record, pattern):
-    assert pattern in PATTERN_SAMPLES, f"add a sample model for pattern {_pattern_id(pattern)} of {record.name!r}"
-    build, shape = PATTERN_SAMPLES[pattern]
+    sample = RECORD_PATTERN_SAMPLES.get((record.name, pattern), PATTERN_SAMPLES.get(pattern))
+    assert sample, f"add a sample model for pattern {_pattern_id(pattern)} of {record.name!r}"
+    build, shape = sample
     model = build()
     model = model if isinstance(model, fx.GraphModule) else nn.Sequential(model)  # a module is called, not traced
     gm = trace(model.eval(), example_input=torch.rand(2, *shape))
@@ -129,11 +199,11 @@ def test_every_pattern_matches_a_node_built_for_it(record, pattern):
     assert all(record_for(n, modules) is record for n in nodes)
 
 
-def test_getitem_that_is_not_shape_arithmetic_has_no_record():
+def test_getitem_that_is_not_shape_arithmetic_is_a_layout_op():
     gm = trace(Fn(lambda x: x[:, 0]), example_input=torch.rand(2, *C2))
     modules = dict(gm.named_modules())
     item = next(n for n in gm.graph.nodes if n.target is operator.getitem)
-    assert record_for(item, modules) is None
+    assert record_for(item, modules) is RECORDS["layout"]
 
 
 def test_two_records_with_one_pattern_are_refused():
@@ -203,6 +273,18 @@ FOLD_SAMPLES = {
     "flatten": [lambda: nn.Sequential(conv(), q(4), Fn(lambda x: torch.flatten(x, 1)), nn.Linear(4 * 36, 5),
                                       q(), nn.Linear(5, 3))],
     "reshape": [lambda: nn.Sequential(conv(), q(4), Fn(lambda x: x.view(x.size(0), -1)), nn.Linear(4 * 36, 3))],
+    # transformer operators: the tiny ViT (class token, position embedding, attention with unbind, scale, softmax,
+    # products, LayerNorm, head-/neuron-wise thresholds) and Swin block (roll, windows, slicing, bias, mask)
+    "layout": [TinyViT, TinySwin],
+    "split": [TinyViT],
+    "elementwise": [TinyViT, TinySwin],
+    "class_token": [TinyViT],
+    "matmul": [TinyViT, TinySwin],
+    "softmax": [TinyViT],
+    "layernorm": [lambda: TinyViT(cls_token=False), TinySwin],
+    "multiply": [lambda: _shaped(nn.Sequential(nn.Linear(4, 4), sq(4, -1), Two(Multiply(), transpose=False),
+                                               uq(4, -1), nn.Linear(4, 3)), T3)],
+    "gelu": [lambda: _shaped(nn.Sequential(nn.Linear(4, 6), nn.GELU(), uq(6, -1), nn.Linear(6, 3)), T3)],
 }
 FOLDED = [pytest.param(r, i, id=f"{r.name}-{i}") for r in REGISTRY
           if r.spiking not in (Spiking.STRUCTURAL, Spiking.STATEFUL) for i in range(len(FOLD_SAMPLES.get(r.name, [0])))]
@@ -245,7 +327,7 @@ def test_folding_keeps_the_qann_function(record, i):
     folded, report = run_pipeline(model, example_input=x, passes=FOLD_PASSES)
     fmods = dict(folded.named_modules())
     left = {record_for(n, fmods).name for n in folded.graph.nodes}
-    assert not left & {"batchnorm", "relu", "identity", "reshape"}
+    assert not left & {"batchnorm", "relu", "identity", "split", "elementwise"}
     quantizers = [m for m in folded.modules() if isinstance(m, QCFS)]
     assert quantizers and all(bool((m.threshold == 1).all()) for m in quantizers)
     assert report.counts()["thresholds_folded"] == len(quantizers)

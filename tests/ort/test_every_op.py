@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers import Fn, randomize
 from opnets import L, Residual, conv, q, seq
+from tnets import TinySwin, TinyViT, sq, uq
 from torch import nn
 from torch.nn import functional as F
 
@@ -73,7 +74,14 @@ CASES = {
     "add": Residual,
     "cat": Branches,
     "signed": _signed,
+    # transformers: compensated products, softmax, LayerNorm, GELU; layout ops, class token, constants
+    "vit-block": TinyViT,
+    "vit-block-mean-pooling": lambda: TinyViT(cls_token=False),
+    "swin-block": TinySwin,
+    "gelu-and-product": lambda: seq(nn.Linear(4, 6), nn.GELU(), sq(6, -1), Fn(lambda x: x * x), uq(6, -1),
+                                    nn.Flatten(), nn.Linear(18, 3), input_shape=(3, 4)),
 }
+TRANSFORMERS = {"vit-block", "vit-block-mean-pooling", "swin-block", "gelu-and-product"}
 
 
 @lru_cache(maxsize=None)
@@ -95,8 +103,10 @@ def test_both_onnx_forms_verify(tmp_path, case, convention):
     assert set(res.verification) == {"unrolled", "stateful"}
     kinds = {m.kind for _, m in snn.stateful()}
     # rate: IF for unsigned quantizers, bipolar for signed ones; exact: bounded bipolar for every quantizer
-    expected = {"rate": {"if"} | ({"bipolar"} if case == "signed" else set()), "exact": {"bipolar"}}[convention]
-    assert kinds - {"maxpool"} == expected
+    signed = case == "signed" or case in TRANSFORMERS
+    expected = {"rate": {"if"} | ({"bipolar"} if signed else set()), "exact": {"bipolar"}}[convention]
+    assert kinds - {"maxpool", "compensated"} == expected
+    assert ("compensated" in kinds) == (case in TRANSFORMERS)
     assert ("maxpool" in kinds) == (case == "maxpool")
 
 
