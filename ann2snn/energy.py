@@ -123,6 +123,15 @@ class _LayerCount:
         self._fanout: torch.Tensor | None = None
 
 
+class _DenseCount:
+    """An op computed densely on values (a compensated product): its MACs at every step, in the ANN once."""
+
+    def __init__(self, name: str, module: nn.Module, rule) -> None:
+        self.name, self.module, self.rule = name, module, rule
+        self.kind = type(getattr(module, "op", module)).__name__
+        self.macs: int | None = None
+
+
 class _NeuronCount:
     def __init__(self, name: str, kind: str, T: int) -> None:
         self.name, self.kind = name, kind
@@ -154,6 +163,7 @@ class ActivityMonitor:
         memo: dict[fx.Node, bool] = {}
         self.layers: dict[str, _LayerCount] = {}
         self.neurons: dict[str, _NeuronCount] = {}
+        self.dense: dict[str, _DenseCount] = {}
         for node in gm.graph.nodes:
             if node.op != "call_module":
                 continue
@@ -165,6 +175,8 @@ class ActivityMonitor:
                 self.layers[node.target] = _LayerCount(node.target, m, rec.accounting.synapses, analog, self.T)
             elif rec.accounting.neuron:
                 self.neurons[node.target] = _NeuronCount(node.target, m.kind, self.T)
+            elif rec.accounting.dense is not None:
+                self.dense[node.target] = _DenseCount(node.target, m, rec.accounting.dense)
 
     def add_samples(self, n: int) -> None:
         """Count ``n`` more samples (call once per batch run)."""
@@ -174,6 +186,11 @@ class ActivityMonitor:
     def __call__(self, node: fx.Node, inputs: list[torch.Tensor], output: torch.Tensor) -> None:
         """The simulator's observer: every tensor is ``[T, B, ...]``."""
         if node.op != "call_module":
+            return
+        if node.target in self.dense:
+            d = self.dense[node.target]
+            if d.macs is None:
+                d.macs = int(d.rule(d.module, [tuple(x.shape[2:]) for x in inputs], tuple(output.shape[2:])))
             return
         if node.target in self.neurons:
             rec = self.neurons[node.target]
@@ -236,6 +253,13 @@ class ActivityMonitor:
                 row["sops"] = [float(cum[t - 1]) for t in Ts]
                 row["events"] = [float(torch.cumsum(rec.events, 0)[t - 1]) / n for t in Ts]
             layers.append(row)
+        for d in self.dense.values():  # computed on values at every step: MACs, in the SNN as in the ANN
+            if not d.macs:
+                continue
+            ann_macs += d.macs
+            analog_total += d.macs
+            layers.append({"name": d.name, "kind": d.kind, "analog_input": True, "dense": True, "macs": d.macs,
+                           "snn_macs": [d.macs * t for t in Ts], "sops": [0.0 for _ in Ts]})
         cum_sops = torch.cumsum(sops_total, 0)
         cum_analog = torch.cumsum(analog_total, 0)
         ann_energy = ann_macs * e.e_mac_pj

@@ -14,7 +14,7 @@ from ann2snn import simulator
 from ann2snn.errors import UnsupportedNodeError
 from ann2snn.layers import MatMul, Multiply
 from ann2snn.neurons import Compensated
-from ann2snn.simulator import TimeSchedule, readout
+from ann2snn.simulator import TimeSchedule, readout, run_steps
 
 T = 12
 
@@ -147,3 +147,25 @@ def test_trained_digits_vit_converts_and_exact_mode_agrees_fully():
     rate_acc = float((rate[-1].argmax(1) == data.y_test).float().mean())
     print(f"\ndigits tiny ViT: QANN {acc:.4f}, rate T=4 {rate_acc:.4f}, exact T=24 agreement {float(agree):.4f}")
     assert rate_acc > acc - 0.1
+
+
+def test_energy_counts_attention_products_as_macs_at_every_step():
+    """The compensated products multiply running sums, not spikes: MACs in the ANN and at every SNN step."""
+    from ann2snn.energy import ActivityMonitor
+
+    snn = ann2snn.convert(randomize(TinyViT(), seed=1), convention="rate")
+    mon = ActivityMonitor(snn.graph_module, T=4)
+    run_steps(snn.graph_module, torch.rand(3, 1, 8, 8), 4, observer=mon)
+    mon.add_samples(3)
+    dense = [row for row in mon.summary([1, 4])["layers"] if row.get("dense")]
+    heads, tokens, dh = 2, 5, 4
+    assert [row["macs"] for row in dense] == [heads * tokens * tokens * dh] * 2  # Q·Kᵀ and attn·V
+    assert all(row["snn_macs"] == [row["macs"], 4 * row["macs"]] for row in dense)
+
+
+def test_nir_refuses_a_spiking_transformer_in_one_line(tmp_path):
+    pytest.importorskip("nir")
+    snn = ann2snn.convert(randomize(TinyViT(), seed=1), convention="rate")
+    with pytest.raises(ann2snn.errors.Ann2SnnError, match="ONNX only"):
+        ann2snn.export(snn, tmp_path / "m.nir", format="nir")
+    assert not list(tmp_path.iterdir())

@@ -460,6 +460,11 @@ def _stateful(b: _Builder, node: fx.Node, m: StatefulModule) -> list[str]:
 
 
 def _check_network(snn) -> None:
+    compensated = [name for name, m in snn.stateful() if m.kind == "compensated"]
+    if compensated:
+        raise Ann2SnnError(f"NIR has no primitive for operators on spike values (the compensated product, softmax, "
+                           f"LayerNorm or GELU at {', '.join(compensated[:3])}{', ...' if len(compensated) > 3 else ''}"
+                           "): a spiking transformer exports to ONNX only (--format both)")
     if snn.schedule.exact:
         raise Ann2SnnError("NIR has no input schedule: an exact-mode network (input and constants for the first L "
                            "steps only) cannot be written to NIR; convert with convention='rate' (CLI --mode rate)")

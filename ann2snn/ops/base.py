@@ -116,9 +116,13 @@ class Accounting:
     - ``neuron``: a neuron layer — every nonzero output is one spike event (±1 and ±θ_n alike).
     - ``report_list`` / ``counter``: for spiking operators, the ``to_spiking`` changes list they are listed in and
       the headline count (:meth:`~ann2snn.passes.ConversionReport.counts`) they add to.
+    - ``dense(m, in_shapes, out_shape) -> MACs`` per sample of an op computed densely on values (the attention
+      products Q·Kᵀ and attn·V): MACs in the ANN, and MACs at *every step* in the SNN (the compensated product
+      multiplies running sums, not spikes) — or 0 for an op without multiply-accumulates.
     """
 
     synapses: Synapses | None = None
+    dense: Callable[[nn.Module, list, tuple], int] | None = None
     neuron: bool = False
     report_list: str | None = None
     counter: str | None = None

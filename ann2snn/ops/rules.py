@@ -369,3 +369,21 @@ def _linear_ones(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 CONV_SYNAPSES = Synapses(fan_in=_conv_fan_in, ones=_conv_ones)
 LINEAR_SYNAPSES = Synapses(fan_in=lambda m: int(m.in_features), ones=_linear_ones)
+
+
+# --- dense operations on values (the attention products) ---------------------------------------------------------
+
+
+def product_macs(m: nn.Module, in_shapes: list, out_shape: tuple) -> int:
+    """``a @ b``: every output element is a dot product over a's last dim; ``a * b``: one multiply per element."""
+    per_out = int(in_shapes[0][-1]) if isinstance(m, MatMul) else 1
+    return math.prod(int(s) for s in out_shape) * per_out
+
+
+def compensated_macs(m: nn.Module, in_shapes: list, out_shape: tuple) -> int:
+    """A compensated operator costs what its function costs (a product's MACs; 0 for softmax, LayerNorm, GELU)."""
+    from ann2snn.ops.registry import record_for_module
+
+    rec = record_for_module(m.op)
+    dense = rec.accounting.dense if rec is not None else None
+    return dense(m.op, in_shapes, out_shape) if dense is not None else 0
