@@ -2,8 +2,16 @@
 
 The ANN baseline is the QANN exported as a plain ReLU ONNX network of the same architecture (same weights,
 QCFS → ReLU): the QANN's own floor/clip chain runs ~3x slower on onnxruntime and would flatter the SNN.
-Every ratio ``SNN / (T × ANN)`` is measured within one run on one provider: each configuration is warmed up,
-then timed ``repeats`` times and the median taken.
+
+How it measures (:func:`measure`), so that a ratio ``SNN / (T × ANN)`` means something on a shared machine:
+
+- every contender runs with the same, explicit number of threads (``threads``, default 1: onnxruntime's
+  intra-op threads and ``torch.set_num_threads``);
+- contenders take turns call by call (A B C A B C …), and each ratio is taken within one turn (the SNN's call
+  against the ANN's call just before it), so a change of machine load affects both sides of every ratio;
+- each call's wall time (latency) *and* process CPU time (work, all threads) are recorded; min, median and max
+  are reported. With several threads onnxruntime's workers spin for a while after a run (``spinning``); the CPU
+  time of a call then includes that spin, and with ``spinning=False`` the workers sleep at once.
 
 >>> from ann2snn.bench import benchmark
 >>> result = benchmark(qann, Ts=[4], batches=[1, 256])
@@ -11,6 +19,7 @@ then timed ``repeats`` times and the median taken.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import statistics
@@ -25,10 +34,12 @@ from torch import nn
 from ann2snn.errors import Ann2SnnError
 from ann2snn.exporters.contract import FORMAT_STATEFUL, INPUT, LOGITS, LOGITS_PER_STEP, read_metadata
 
-__all__ = ["benchmark", "benchmark_onnx", "relu_ann_onnx", "median_time", "median_times", "ANN_NOTE"]
+__all__ = ["benchmark", "benchmark_onnx", "relu_ann_onnx", "measure", "spread", "median_time", "median_times",
+           "torch_threads", "ANN_NOTE", "CONTENDERS"]
 
 ANN_NOTE = ("ANN = the QANN exported as a plain ReLU ONNX network (same architecture and weights); the QANN's "
             "floor/clip chain is ~3x slower on onnxruntime and would flatter the SNN")
+CONTENDERS = ("ann", "unrolled", "stateful", "torch")
 
 
 def relu_ann_onnx(qann: nn.Module, input_shape: tuple[int, ...]) -> bytes:
@@ -48,57 +59,97 @@ def relu_ann_onnx(qann: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
+def measure(fns: dict[str, Callable[[], Any]], *, warmup: int = 3, repeats: int = 10,
+            min_seconds: float = 0.0) -> dict[str, dict[str, list[float]]]:
+    """Wall and process CPU seconds of every call of each ``fn()``: ``{name: {"wall": [...], "cpu": [...]}}``.
+
+    After ``warmup`` untimed calls each, the contenders take turns call by call (A B C A B C …) for ``repeats``
+    turns (more while ``min_seconds`` have not passed): turn i of every contender ran under the same machine load,
+    so ratios are taken turn by turn (:func:`spread` of their quotients). CPU time is the whole process's (every
+    thread), ``time.process_time``.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in fns}
+    start = time.perf_counter()
+    done = 0
+    while done < repeats or time.perf_counter() - start < min_seconds:
+        for k, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            t1, c1 = time.perf_counter(), time.process_time()
+            out[k]["wall"].append(t1 - t0)
+            out[k]["cpu"].append(c1 - c0)
+        done += 1
+    return out
+
+
+def spread(values) -> dict[str, float]:
+    """``{"min", "median", "max"}`` of ``values``."""
+    values = list(values)
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
 def median_time(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10, min_seconds: float = 0.0) -> float:
     """Median wall time of ``fn()`` in seconds after ``warmup`` calls."""
     return median_times({"fn": fn}, warmup=warmup, repeats=repeats, min_seconds=min_seconds)["fn"]
 
 
 def median_times(fns: dict[str, Callable[[], Any]], *, warmup: int = 3, repeats: int = 10,
-                 min_seconds: float = 0.0, rounds: int = 5) -> dict[str, float]:
-    """Median wall time of each ``fn()``, the contenders taking turns in ``rounds`` blocks of runs.
-
-    Taking turns puts every contender under the same machine load (this matters on a shared machine), so the
-    ratios between them mean something even when absolute times drift. Each block starts with an untimed call:
-    onnxruntime's worker threads keep spinning for a moment after a run, and the first run of the next session
-    would pay for the previous session's spinning.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    per_block = max(1, -(-repeats // rounds))
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    done = 0
-    while done < rounds or time.perf_counter() - start < min_seconds:
-        for k, fn in fns.items():
-            fn()
-            for _ in range(per_block):
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
-        done += 1
-    return {k: statistics.median(v) for k, v in times.items()}
+                 min_seconds: float = 0.0) -> dict[str, float]:
+    """Median wall time of each ``fn()``, the contenders taking turns call by call (:func:`measure`)."""
+    return {k: statistics.median(v["wall"]) for k, v in measure(fns, warmup=warmup, repeats=repeats,
+                                                                 min_seconds=min_seconds).items()}
 
 
-def _row(T, batch, ann, unrolled, stateful, sim) -> dict[str, Any]:
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """``torch.set_num_threads(n)`` inside the block (nothing when None), restored after."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _row(T: int, batch: int, times: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """One result row: per contender its wall and CPU ms (median, min, max) and samples/s; per SNN contender the
+    ratios to T ANN calls, taken turn by turn (median, min, max) for wall and CPU time."""
     row: dict[str, Any] = {"T": T, "batch": batch}
-    for name, sec in (("ann", ann), ("unrolled", unrolled), ("stateful", stateful), ("torch", sim)):
-        if sec is None:
+    ann = times.get("ann")
+    for name in CONTENDERS:
+        if name not in times:
             continue
-        row[f"{name}_ms"] = sec * 1e3
-        row[f"{name}_samples_per_s"] = batch / sec
-        if ann and name != "ann":
-            row[f"{name}_ratio"] = sec / (T * ann)  # SNN time / (T × ANN time)
+        t = times[name]
+        wall, cpu = spread(t["wall"]), spread(t["cpu"])
+        row[f"{name}_ms"] = wall["median"] * 1e3
+        row[f"{name}_ms_min"], row[f"{name}_ms_max"] = wall["min"] * 1e3, wall["max"] * 1e3
+        row[f"{name}_cpu_ms"] = cpu["median"] * 1e3
+        row[f"{name}_cpu_ms_min"], row[f"{name}_cpu_ms_max"] = cpu["min"] * 1e3, cpu["max"] * 1e3
+        row[f"{name}_samples_per_s"] = batch / wall["median"]
+        if ann is not None and name != "ann":
+            for clock, suffix in (("wall", ""), ("cpu", "_cpu")):
+                r = spread(s / (T * a) for s, a in zip(t[clock], ann[clock]) if a > 0)
+                row[f"{name}{suffix}_ratio"] = r["median"]  # SNN time / (T × ANN time), same turn
+                row[f"{name}{suffix}_ratio_min"], row[f"{name}{suffix}_ratio_max"] = r["min"], r["max"]
     return row
 
 
 def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: str = "cpu", repeats: int = 10,
-              warmup: int = 3, threads: int | None = None, include=("ann", "unrolled", "stateful", "torch"),
-              progress: Callable[[str], None] | None = None, convention: str = "rate") -> dict[str, Any]:
+              warmup: int = 3, threads: int | None = 1, include=CONTENDERS,
+              progress: Callable[[str], None] | None = None, convention: str = "rate",
+              spinning: bool | None = None) -> dict[str, Any]:
     """Time the ANN and the SNN formats of ``qann`` at every T and batch size; see the module docstring.
 
-    ``convention``: the time convention the SNN is converted for (``"rate"`` or ``"exact"``).
-    Returns ``{"provider", "convention", "note", "rows": [{"T", "batch", "ann_ms", "unrolled_ms", ...}]}``.
+    ``threads``: intra-op threads of every contender (default 1; None: each library's own default).
+    ``spinning``: onnxruntime workers spin after a run (None: onnxruntime's default, on). ``convention``: the time
+    convention the SNN is converted for (``"rate"`` or ``"exact"``). Returns ``{"provider", "convention", "note",
+    "threads", "rows": [{"T", "batch", "ann_ms", "ann_cpu_ms", "unrolled_ms", "unrolled_ratio", ...}]}``.
     """
     from ann2snn.exporters.onnx_stateful import build_stateful
     from ann2snn.exporters.onnx_unrolled import build_unrolled
@@ -113,43 +164,50 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
     xs = {b: rng.random((b, *shape), dtype=np.float32) for b in batches}
     used = provider
     ann_sess = None
+    opts = {"provider": provider, "threads": threads, "spinning": spinning}
     if "ann" in include:
-        ann_sess, used = make_session(relu_ann_onnx(qann, shape), provider=provider, threads=threads)
+        ann_sess, used = make_session(relu_ann_onnx(qann, shape), **opts)
     rows = []
-    for T in Ts:
-        snn = convert(qann, T, convention=convention)
-        un = st = None
-        if "unrolled" in include:
-            un, used = make_session(build_unrolled(snn, T=T).SerializeToString(), provider=provider, threads=threads)
-        if "stateful" in include:
-            st = StatefulRunner(build_stateful(snn, T=T)[0].SerializeToString(), provider=provider, threads=threads)
-        for b in batches:
-            x = xs[b]
-            tick(f"T={T} batch {b}")
-            fns: dict[str, Callable[[], Any]] = {}
-            if ann_sess is not None:
-                fns["ann"] = lambda: ann_sess.run(None, {INPUT: x})
-            if un is not None:
-                fns["unrolled"] = lambda: un.run([LOGITS_PER_STEP], {INPUT: x})
-            if st is not None:
-                fns["stateful"] = lambda: st.run(x, T)
-            if "torch" in include:
-                xt = torch.from_numpy(x)
-                fns["torch"] = lambda: snn.simulate(xt, T)
-            # small batches are fast and noisy: repeat them more
-            t = median_times(fns, warmup=warmup, repeats=repeats if b > 16 else repeats * 10)
-            rows.append(_row(T, b, t.get("ann"), t.get("unrolled"), t.get("stateful"), t.get("torch")))
-    return {"provider": used, "convention": convention, "note": ANN_NOTE, "threads": threads or "onnxruntime default",
+    with torch_threads(threads):
+        for T in Ts:
+            snn = convert(qann, T, convention=convention)
+            un = st = None
+            if "unrolled" in include:
+                un, used = make_session(build_unrolled(snn, T=T).SerializeToString(), **opts)
+            if "stateful" in include:
+                st = StatefulRunner(build_stateful(snn, T=T)[0].SerializeToString(), **opts)
+            for b in batches:
+                x = xs[b]
+                tick(f"T={T} batch {b}")
+                fns: dict[str, Callable[[], Any]] = {}
+                if ann_sess is not None:
+                    fns["ann"] = lambda: ann_sess.run(None, {INPUT: x})
+                if un is not None:
+                    fns["unrolled"] = lambda: un.run([LOGITS_PER_STEP], {INPUT: x})
+                if st is not None:
+                    fns["stateful"] = lambda: st.run(x, T)
+                if "torch" in include:
+                    xt = torch.from_numpy(x)
+                    fns["torch"] = lambda: snn.simulate(xt, T)
+                # small batches are fast and noisy: repeat them more
+                times = measure(fns, warmup=warmup, repeats=repeats if b > 16 else repeats * 10)
+                rows.append(_row(T, b, times))
+    return {"provider": used, "convention": convention, "note": ANN_NOTE,
+            "threads": threads if threads is not None else "library defaults",
+            "spinning": "onnxruntime default (on)" if spinning is None else bool(spinning),
+            "clock": "wall = latency of one call; cpu = process CPU time of that call (all threads); ratios "
+                     "SNN / (T × ANN) taken turn by turn, median [min, max]",
             "rows": rows}
 
 
 def benchmark_onnx(path, *, batches=(1, 256), provider: str = "cpu", repeats: int = 10, warmup: int = 3,
-                   threads: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   threads: int | None = 1, progress: Callable[[str], None] | None = None,
+                   spinning: bool | None = None) -> dict[str, Any]:
     """Time an exported ann2snn ONNX file (unrolled: one run; stateful: driven T steps). No ANN baseline (the
     weights of the QANN are not in the file): pass the QANN checkpoint for ratios."""
     from ann2snn.runtime import StatefulRunner, make_session
 
-    sess, used = make_session(path, provider=provider, threads=threads)
+    sess, used = make_session(path, provider=provider, threads=threads, spinning=spinning)
     meta = read_metadata(sess, where=repr(str(path)))
     fmt, T, shape = meta.format, meta.T, meta.input_shape
     inputs = {i.name: i.shape for i in sess.get_inputs()}
@@ -158,17 +216,18 @@ def benchmark_onnx(path, *, batches=(1, 256), provider: str = "cpu", repeats: in
                            f"{list(shape)}; the file was modified or mismatched, re-export it")
     tick = progress or (lambda _msg: None)
     rng = np.random.default_rng(0)
-    runner = StatefulRunner(path, provider=provider, threads=threads) if fmt == FORMAT_STATEFUL else None
+    runner = StatefulRunner(path, provider=provider, threads=threads, spinning=spinning) \
+        if fmt == FORMAT_STATEFUL else None
     seq = meta.encoding == "sequence"
     rows = []
     for b in batches:
         x = rng.random(((T,) if seq else ()) + (b, *shape), dtype=np.float32)
         tick(f"{fmt} batch {b}")
         if runner is not None:
-            sec = median_time(lambda: runner.run(x, T), warmup=warmup, repeats=repeats)
-            rows.append(_row(T, b, None, None, sec, None))
+            times = measure({"stateful": lambda: runner.run(x, T)}, warmup=warmup, repeats=repeats)
         else:
-            sec = median_time(lambda: sess.run(None, {INPUT: x}), warmup=warmup, repeats=repeats)
-            rows.append(_row(T, b, None, sec, None, None))
+            times = measure({"unrolled": lambda: sess.run(None, {INPUT: x})}, warmup=warmup, repeats=repeats)
+        rows.append(_row(T, b, times))
     return {"provider": used, "convention": meta.convention, "format": fmt, "rows": rows,
+            "threads": threads if threads is not None else "library defaults",
             "note": "ONNX file only: no ANN baseline (pass the QANN checkpoint for ratios)"}

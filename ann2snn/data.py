@@ -3,6 +3,8 @@
 No downloads, ever: MNIST and CIFAR are read from directories the user names. Images are float32
 ``[N, C, H, W]``, normalized with the dataset's standard mean/std (digits: scaled to [0, 1]); training-time
 augmentation (random crop with padding, horizontal flip) is written with torch ops and seeded.
+:class:`Preprocessing` says how a model's inputs were made (pixel scale, mean, std); model files and ONNX metadata
+record it, and :func:`load_dataset_for` loads a dataset the way a recorded model expects it.
 
 >>> data = load_dataset("mnist:../shared/data/mnist")
 >>> data.x_train.shape, data.num_classes
@@ -13,17 +15,20 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
 from ann2snn.errors import Ann2SnnError
 
-__all__ = ["Dataset", "DataError", "load_digits", "load_mnist", "load_cifar", "load_dataset", "batches",
-           "augment", "read_idx", "default_mnist_dir", "DATASETS"]
+__all__ = ["Dataset", "DataError", "Preprocessing", "load_digits", "load_mnist", "load_cifar", "load_dataset",
+           "load_dataset_for", "batches", "augment", "read_idx", "default_mnist_dir", "DATASETS"]
 
 #: spec name -> (standard mean, standard std) per channel
 NORMALIZATION = {
@@ -36,6 +41,94 @@ DATASETS = ("digits", "mnist", "cifar10", "cifar100")
 
 class DataError(Ann2SnnError):
     """A dataset that is missing or not in the expected format."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's input is made from an image: pixel values divided by ``pixel_max`` (into [0, 1]), then, per
+    channel, ``(x − mean) / std`` when ``mean`` and ``std`` are given (``None``: the [0, 1] values as they are).
+
+    Model files and ONNX metadata carry it, so that ``eval`` and ``prepare`` feed a model what it was trained on and
+    a runtime knows what the graph's input is; ``dataset`` is informational.
+
+    Examples:
+        >>> Preprocessing(255.0, (0.1307,), (0.3081,), "mnist").describe()
+        'mnist: x = pixels / 255, then (x - 0.1307) / 0.3081 per channel'
+    """
+
+    pixel_max: float = 255.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    dataset: str | None = None
+
+    def __post_init__(self) -> None:
+        def finite(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not finite(self.pixel_max) or self.pixel_max <= 0:
+            raise DataError(f"preprocessing pixel_max must be a finite number > 0, got {self.pixel_max!r}")
+        if (self.mean is None) != (self.std is None):
+            raise DataError("preprocessing needs both mean and std, or neither")
+        if self.mean is not None:
+            if not self.mean or len(self.mean) != len(self.std):
+                raise DataError(f"preprocessing mean {self.mean} and std {self.std} need one value per channel each")
+            if not all(finite(m) for m in self.mean) or not all(finite(s) and s > 0 for s in self.std):
+                raise DataError(f"preprocessing mean must be finite and std finite and > 0, got mean {self.mean}, "
+                                f"std {self.std}")
+        if self.dataset is not None and not isinstance(self.dataset, str):
+            raise DataError(f"preprocessing dataset must be a name, got {self.dataset!r}")
+
+    @property
+    def input_range(self) -> tuple[tuple[float, float], ...] | tuple[float, float]:
+        """The model input's range: ``(0, 1)``, or per channel ``((0 − mean)/std, (1 − mean)/std)``."""
+        if self.mean is None:
+            return (0.0, 1.0)
+        return tuple(((0.0 - m) / s, (1.0 - m) / s) for m, s in zip(self.mean, self.std))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, C, ...]`` images already in [0, 1] → the model's input (a new tensor; ``x`` itself when no
+        mean/std)."""
+        if self.mean is None:
+            return x
+        if x.shape[1] != len(self.mean):
+            raise DataError(f"the model's normalization has {len(self.mean)} channel(s) but the data has "
+                            f"{x.shape[1]}; is this the dataset the model was trained on?")
+        return _normalize(x.clone(), self.mean, self.std)
+
+    def describe(self) -> str:
+        """One line, e.g. ``mnist: x = pixels / 255, then (x - 0.1307) / 0.3081 per channel``."""
+        if self.mean is None:
+            norm = ", used as is (no mean/std)"
+        elif len(self.mean) == 1:
+            norm = f", then (x - {self.mean[0]:g}) / {self.std[0]:g} per channel"
+        else:
+            norm = f", then (x - mean) / std per channel, mean {_join(self.mean)}, std {_join(self.std)}"
+        return f"{self.dataset + ': ' if self.dataset else ''}x = pixels / {self.pixel_max:g}{norm}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pixel_max": self.pixel_max, "mean": list(self.mean) if self.mean is not None else None,
+                "std": list(self.std) if self.std is not None else None, "dataset": self.dataset,
+                "input_range": [list(r) for r in self.input_range] if self.mean is not None
+                else list(self.input_range)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], *, where: str = "the model") -> Preprocessing:
+        """Read :meth:`to_json`'s form; anything malformed is a one-line error naming ``where``."""
+        try:
+            if not isinstance(d, Mapping):
+                raise TypeError(f"a {type(d).__name__}, not a mapping")
+            mean, std = d.get("mean"), d.get("std")
+            return cls(float(d.get("pixel_max", 255.0)),
+                       tuple(float(v) for v in mean) if mean is not None else None,
+                       tuple(float(v) for v in std) if std is not None else None,
+                       d.get("dataset"))
+        except (TypeError, ValueError, DataError) as exc:
+            raise DataError(f"{where} has a malformed preprocessing record ({exc}); re-save it, or pass --normalize"
+                            ) from None
+
+
+def _join(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 @dataclass
@@ -56,10 +149,16 @@ class Dataset:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     augment: str | None = None
+    pixel_max: float = 255.0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How these images were made from pixels (what a model trained on them expects)."""
+        return Preprocessing(self.pixel_max, self.mean, self.std, self.name)
 
 
 # --------------------------------------------------------------------------------------------------- digits
@@ -75,7 +174,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_test = int(round(len(y) * test_fraction))
     test, train = perm[:n_test], perm[n_test:]
-    return Dataset("digits", x[train], y[train], x[test], y[test], 10)
+    return Dataset("digits", x[train], y[train], x[test], y[test], 10, pixel_max=16.0)
 
 
 # ---------------------------------------------------------------------------------------------------- MNIST
@@ -94,7 +193,7 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{str(path)!r} is a corrupt gzip file ({exc}); re-extract the MNIST files") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{str(path)!r} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'}); "
@@ -309,6 +408,23 @@ def load_dataset(spec: str, **kw) -> Dataset:
                             f"or set ANN2SNN_{name.upper()}")
         return load_cifar(path, classes=int(name[5:]), **kw)
     raise DataError(f"unknown dataset {spec!r}; use digits, mnist[:PATH], cifar10:PATH or cifar100:PATH")
+
+
+def load_dataset_for(spec: str, preprocessing: Preprocessing | None, **kw) -> Dataset:
+    """Dataset ``spec`` as a model with ``preprocessing`` expects it: images in [0, 1], then normalized with the
+    model's own mean/std (not the dataset's standard ones). ``None``: as :func:`load_dataset` gives it.
+
+    Examples:
+        >>> data = load_dataset_for("mnist", Preprocessing(255.0))   # raw pixels / 255 for a model trained so
+    """
+    if preprocessing is None:
+        return load_dataset(spec, **kw)
+    name = spec.partition(":")[0].strip().lower()
+    data = load_dataset(spec, **kw) if name == "digits" else load_dataset(spec, normalize=False, **kw)
+    data.x_train = preprocessing.normalize(data.x_train)
+    data.x_test = preprocessing.normalize(data.x_test)
+    data.mean, data.std = preprocessing.mean, preprocessing.std
+    return data
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,

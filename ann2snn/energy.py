@@ -12,7 +12,9 @@ rule is a weighted layer, a spiking operator whose record says ``neuron`` is a n
   strides included): the gradient of ``Σ layer(x)`` with every weight 1 with respect to ``x``. For binary spike
   input this is exactly ``spikes × fan-out``.
 - **Spikes** of a neuron layer: every nonzero output is one event, whatever its value (+1, −1, ±θ_n of a bipolar
-  neuron alike).
+  neuron alike) — except a multi-bit neuron's, whose message of k spikes is k events (``spike_counts``); a layer
+  fed by multi-bit spikes (directly or through pooling, flatten or layout ops) counts ``⌈|x|/θ_spike⌉`` events per
+  input element (k for k spikes; a pooled group at least one, as for binary spikes).
 - **Direct encoding**: a layer that sees the analog input (no spiking operator before it, normally the
   first conv) gets no spikes, so it costs its full MACs at every step its input is nonzero (``analog_per_step``):
   every step in the rate convention, the first L steps in the exact one (the input is injected for t ≤ L only).
@@ -111,8 +113,10 @@ def _has_stateful_ancestor(node: fx.Node, modules: dict[str, nn.Module], memo: d
 
 
 class _LayerCount:
-    def __init__(self, name: str, module: nn.Module, synapses: Synapses, analog: bool, T: int) -> None:
+    def __init__(self, name: str, module: nn.Module, synapses: Synapses, analog: bool, T: int,
+                 unit: float | None = None) -> None:
         self.name, self.module, self.synapses, self.analog = name, module, synapses, analog
+        self.unit = unit  # value of one spike when fed by multi-bit spikes (events = ⌈|x|/unit⌉), else None
         self.kind = type(module).__name__
         self.macs: int | None = None
         self.fan_in = synapses.fan_in(module)
@@ -133,8 +137,9 @@ class _DenseCount:
 
 
 class _NeuronCount:
-    def __init__(self, name: str, kind: str, T: int) -> None:
+    def __init__(self, name: str, kind: str, T: int, counter=None) -> None:
         self.name, self.kind = name, kind
+        self.counter = counter  # output -> spikes per element (multi-bit neurons), else None: nonzero = 1
         self.neurons: int | None = None
         self.spikes = torch.zeros(T, dtype=torch.float64)  # summed over samples
 
@@ -145,7 +150,8 @@ class ActivityMonitor:
 
     Pass it as the simulator's observer (:func:`ann2snn.simulator.run_steps`, multi-step) with the same ``T``,
     count the samples, then read :meth:`summary`. Counts are per step, so the numbers at every T' ≤ T come from
-    the same run (the first T' steps of a T-step run are a T'-step run).
+    the same run (the first T' steps of a T-step run are a T'-step run). ``spiking_input=True``: the network is fed
+    spikes (rate coding), so the layers that see the input count synaptic operations, not MACs.
 
     Examples:
         >>> mon = ActivityMonitor(snn.graph_module, T=8)
@@ -155,7 +161,8 @@ class ActivityMonitor:
         >>> mon.summary([1, 2, 4, 8])["per_T"]
     """
 
-    def __init__(self, gm: fx.GraphModule, T: int, *, energy: EnergyModel | None = None) -> None:
+    def __init__(self, gm: fx.GraphModule, T: int, *, energy: EnergyModel | None = None,
+                 spiking_input: bool = False) -> None:
         self.gm, self.T = gm, int(T)
         self.energy = energy or EnergyModel()
         self.samples = 0
@@ -171,10 +178,13 @@ class ActivityMonitor:
             if rec is None or node.target in self.layers or node.target in self.neurons:
                 continue
             if rec.accounting.synapses is not None:
-                analog = not _has_stateful_ancestor(node, modules, memo)
-                self.layers[node.target] = _LayerCount(node.target, m, rec.accounting.synapses, analog, self.T)
+                # spiking_input (rate-coded input): the first layers receive spikes too, so none is analog
+                analog = not spiking_input and not _has_stateful_ancestor(node, modules, memo)
+                self.layers[node.target] = _LayerCount(node.target, m, rec.accounting.synapses, analog, self.T,
+                                                       _multibit_unit(node, modules))
             elif rec.accounting.neuron:
-                self.neurons[node.target] = _NeuronCount(node.target, m.kind, self.T)
+                self.neurons[node.target] = _NeuronCount(node.target, m.kind, self.T, getattr(m, "spike_counts", None)
+                                                         if getattr(m, "max_spikes", 1) > 1 else None)
             elif rec.accounting.dense is not None:
                 self.dense[node.target] = _DenseCount(node.target, m, rec.accounting.dense)
 
@@ -196,7 +206,8 @@ class ActivityMonitor:
             rec = self.neurons[node.target]
             if rec.neurons is None:
                 rec.neurons = output[0, 0].numel()
-            rec.spikes += (output != 0).flatten(2).sum((1, 2), dtype=torch.float64).cpu()
+            hits = (output != 0) if rec.counter is None else rec.counter(output)
+            rec.spikes += hits.flatten(2).sum((1, 2), dtype=torch.float64).cpu()
         elif node.target in self.layers:
             rec = self.layers[node.target]
             x = inputs[0]
@@ -208,7 +219,8 @@ class ActivityMonitor:
                 return
             if rec._fanout is None:
                 rec._fanout = fanout_map(rec.module, tuple(x.shape[2:]))
-            events = (x != 0).sum(1, dtype=torch.float64)  # [T, ...]: events per input position, summed over B
+            hits = (x != 0) if rec.unit is None else torch.ceil(x.abs() / rec.unit - 1e-4).clamp(min=0)
+            events = hits.sum(1, dtype=torch.float64)  # [T, ...]: events per input position, summed over B
             rec.events += events.flatten(1).sum(1).cpu()
             rec.sops += (events * rec._fanout.to(events.device)).flatten(1).sum(1).cpu()
 
@@ -283,3 +295,23 @@ def _number(v: torch.Tensor) -> int | float:
     """An exact count as an int, a mean over samples that is not whole as a float."""
     f = float(v)
     return int(f) if f.is_integer() else f
+
+
+#: ops a multi-bit spike passes through on its way to a weighted layer (they move or pool spikes, add nothing)
+_SPIKE_CARRIERS = ("pool", "flatten", "reshape", "layout", "identity")
+
+
+def _multibit_unit(node: fx.Node, modules: dict[str, nn.Module]) -> float | None:
+    """The value of one spike when ``node``'s input comes from a multi-bit neuron (D > 1) through pooling, flatten
+    or layout ops only; None otherwise (every nonzero input is then one event)."""
+    from ann2snn.ops import kind_of
+
+    src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    while src is not None and kind_of(src, modules) != "stateful":
+        if kind_of(src, modules) not in _SPIKE_CARRIERS or not src.args or not isinstance(src.args[0], fx.Node):
+            return None
+        src = src.args[0]
+    m = modules.get(src.target) if src is not None else None
+    if m is None or getattr(m, "max_spikes", 1) <= 1:
+        return None
+    return float(m.threshold.min())

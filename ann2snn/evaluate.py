@@ -25,6 +25,7 @@ from ann2snn.data import Dataset, batches
 from ann2snn.energy import ActivityMonitor, EnergyModel
 from ann2snn.errors import Ann2SnnError
 from ann2snn.layers import qcfs_modules
+from ann2snn.limits import steps_error
 from ann2snn.plots import mode_results, plot_eval  # plot_eval re-exported: it lives with the other plots
 
 __all__ = ["DEFAULT_TS", "MODES", "EXACT_RTOL", "parse_ts", "parse_modes", "evaluate", "mode_results",
@@ -48,8 +49,9 @@ def parse_ts(value: str | Sequence[int]) -> list[int]:
     ts = list(value)
     if not ts or any(isinstance(t, bool) or not isinstance(t, int) or t <= 0 for t in ts):
         raise Ann2SnnError(f"T list must be positive integers like 1,2,4,8, got {ts!r}")
-    if max(ts) > 4096:
-        raise Ann2SnnError(f"T = {max(ts)} is too many time steps for evaluation; use T <= 4096")
+    why = steps_error(max(ts), "T")
+    if why:
+        raise Ann2SnnError(why)
     return sorted(set(ts))
 
 

@@ -11,6 +11,7 @@ from torch import fx, nn
 from ann2snn.errors import Ann2SnnError
 from ann2snn.files import qann_payload
 from ann2snn.layers import qcfs_modules
+from ann2snn.limits import steps_error
 from ann2snn.neurons import reset_states, stateful_modules
 from ann2snn.passes import ConversionReport, run_pipeline
 from ann2snn.simulator import CONVENTIONS, ScheduledStep, TimeSchedule, readout, run_steps
@@ -41,6 +42,7 @@ class ConversionInfo:
     qann_payload: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     convention: str = "rate"
     schedule_length: int | None = None
+    max_spikes: int = 1
 
 
 
@@ -112,7 +114,7 @@ def example_input_for(model: nn.Module, example_input=None, input_shape=None, ba
 
 def convert(model: nn.Module, T: int | None = None, *, example_input: torch.Tensor | None = None,
             input_shape: tuple[int, ...] | None = None, maxpool: str = "spiking",
-            convention: str = "rate") -> SpikingNetwork:
+            convention: str = "rate", max_spikes: int = 1) -> SpikingNetwork:
     """Convert a QANN into a :class:`SpikingNetwork` of IF neurons (rate) or bipolar neurons (exact).
 
     Args:
@@ -126,23 +128,29 @@ def convert(model: nn.Module, T: int | None = None, *, example_input: torch.Tens
             ``"exact"`` (bounded bipolar neurons, input and constants for the first L steps only: from some step
             on every neuron's count equals its QANN level and the logits equal the QANN's; DESIGN §2b). Signed
             quantizers become bipolar neurons under both.
+        max_spikes: D > 1 (rate convention, unsigned quantizers): multi-bit neurons that emit up to D spikes a step
+            and reach the QCFS level at T = ⌈L/D⌉ (:class:`ann2snn.neurons.MultiBitNeuron`); default T ⌈L/D⌉.
 
     Examples:
         >>> snn = ann2snn.convert(qann, T=4)
         >>> logits_per_t = snn.simulate(x)          # [T, B, K]
     """
-    if T is not None and (not isinstance(T, int) or isinstance(T, bool) or T <= 0):
-        raise Ann2SnnError(f"T must be a positive number of time steps, got {T!r}")
+    if T is not None and steps_error(T):
+        raise Ann2SnnError(steps_error(T))
     if maxpool not in ("spiking", "error"):
         raise Ann2SnnError(f"maxpool must be 'spiking' or 'error', got {maxpool!r}")
     if convention not in CONVENTIONS:
         raise Ann2SnnError(f"convention must be 'rate' or 'exact', got {convention!r} (CLI: --mode rate|exact)")
+    if isinstance(max_spikes, bool) or not isinstance(max_spikes, int) or max_spikes < 1:
+        raise Ann2SnnError(f"max_spikes must be an integer >= 1, got {max_spikes!r}")
+    if max_spikes > 1 and convention != "rate":
+        raise Ann2SnnError("multi-bit spikes (max_spikes > 1) work under the rate convention only; use --mode rate")
     _check_finite(model)
     x = example_input_for(model, example_input, input_shape)
     levels = sorted({q.levels for _, q in qcfs_modules(model)})
     length = max(levels) if convention == "exact" and levels else None
     gm, report = run_pipeline(model, example_input=x, options={"to_spiking": {
-        "maxpool": maxpool, "convention": convention, "schedule_length": length}})
+        "maxpool": maxpool, "convention": convention, "schedule_length": length, "max_spikes": max_spikes}})
     shifts = sorted({q.shift for _, q in qcfs_modules(model)})
     arch = getattr(model, "arch_name", None)
     info = ConversionInfo(
@@ -150,10 +158,11 @@ def convert(model: nn.Module, T: int | None = None, *, example_input: torch.Tens
         neuron_kinds=tuple(sorted({m.kind for _, m in stateful_modules(gm)})), maxpool=maxpool, arch=arch,
         arch_kwargs=getattr(model, "arch_kwargs", None),
         qann_payload=qann_payload(model, input_shape=tuple(x.shape[1:])) if arch else None,
-        convention=convention, schedule_length=length,
+        convention=convention, schedule_length=length, max_spikes=max_spikes,
     )
     if T is None:  # rate: accuracy peaks near T = L; exact: logits settle on the QANN's a few steps after L
         T = (max(levels) if levels else 8) * (EXACT_DEFAULT_T_FACTOR if convention == "exact" else 1)
+        T = -(-T // max_spikes)  # multi-bit: the QCFS level is reached at ⌈L/D⌉
     return SpikingNetwork(gm, T=T, input_shape=tuple(x.shape[1:]), report=report, info=info)
 
 

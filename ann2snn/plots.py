@@ -13,7 +13,7 @@ from typing import Any
 
 from ann2snn.errors import Ann2SnnError
 
-__all__ = ["pyplot", "figure_png", "mode_results", "plot_eval", "plot_threshold_histogram"]
+__all__ = ["pyplot", "figure_png", "mode_results", "plot_eval", "plot_threshold_histogram", "plot_noise"]
 
 #: one colour per time convention, the QANN in red
 MODE_COLORS = {"rate": "#4477aa", "exact": "#ee7733"}
@@ -182,6 +182,37 @@ def plot_threshold_histogram(rows: list[dict[str, Any]], path: str | os.PathLike
             ax.set_xlabel("θ")
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def plot_noise(comparison: dict[str, Any], path: str | os.PathLike | None = None):
+    """Accuracy vs salt-and-pepper noise level, ANN against SNN: every method at the largest T (left) and the
+    plain conversion at every T (right). ``comparison`` comes from :func:`ann2snn.methods.compare_methods`."""
+    plt = pyplot()
+    noise = comparison["noise"]
+    levels = [p * 100 for p in noise["levels"]]
+    Ts = comparison["T_list"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6))
+    for ax in (left, right):
+        ax.plot(levels, [a * 100 for a in noise["qann_accuracy"]], "o--", color="black", label="ANN (QANN)")
+    for i, (name, table) in enumerate(noise["methods"].items()):
+        left.plot(levels, [a * 100 for a in table[-1]], "o-", color=f"C{i}", label=f"SNN {name}")
+    plain = noise["methods"].get("plain")
+    if plain is not None:
+        for j, (T, row) in enumerate(zip(Ts, plain)):
+            right.plot(levels, [a * 100 for a in row], "s-", color=f"C{j}", label=f"SNN plain, T={T}", ms=3)
+    steps = noise["steps"]
+    where = "every step" if steps == "all" else f"the first {steps.replace('/', ' of every ')} steps"
+    left.set_title(f"{comparison['dataset']}: ANN vs SNN at T={Ts[-1]} (SNN noise on {where})", fontsize=10)
+    right.set_title("plain conversion at every T", fontsize=10)
+    for ax in (left, right):
+        ax.set_xlabel(f"{noise['kind']} noise (% of pixels)")
+        ax.set_ylabel("accuracy (%)")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)

@@ -123,8 +123,9 @@ def _activity_tables(modes: dict[str, dict[str, Any]], Ts: list[int]) -> str:
         for mode, e in en:
             for r in e["layers"]:
                 analog = r["analog_input"]
-                rows.append(tag(mode) + [r["name"], r["kind"], "analog (MACs each step with input)" if analog
-                                         else "spikes", r["macs"]]
+                how = "values (MACs every step)" if r.get("dense") else \
+                    "analog (MACs each step with input)" if analog else "spikes"
+                rows.append(tag(mode) + [r["name"], r["kind"], how, r["macs"]]
                             + [(mac if analog else sop) for mac, sop in zip(r["snn_macs"], r["sops"])])
         out.append(_table(tag("mode") + ["layer", "kind", "input", "ANN MACs"] + [f"SNN ops T={t}" for t in Ts],
                           rows))
@@ -192,7 +193,7 @@ def _generic_metrics(m: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _record_section(rec: dict[str, Any], *, images: bool) -> str:
+def record_section(rec: dict[str, Any], *, images: bool) -> str:
     kind = rec.get("kind", "?")
     out = [f'<h2 id="{_esc(rec.get("id"))}">{_esc(kind)} — <code>{_esc(rec.get("id"))}</code></h2>',
            f'<div class="meta">{_esc(rec.get("time", ""))}</div>']
@@ -225,7 +226,7 @@ def render_html(records: list[dict[str, Any]], *, title: str = "ann2snn report",
         raise Ann2SnnError("no run records to report; run `ann2snn eval ...` first or name runs from `ann2snn runs`")
     index = _table(["run", "kind", "time", "headline"],
                    [[f'{r.get("id")}', r.get("kind"), r.get("time"), headline(r)] for r in records])
-    body = "".join(_record_section(r, images=images) for r in records)
+    body = "".join(record_section(r, images=images) for r in records)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>"
             f"<div class='meta'>{len(records)} run(s)</div><h2>Runs</h2>{index}{body}</body></html>")

@@ -97,11 +97,17 @@ def cuda_usable() -> bool:
         ort.set_default_logger_severity(3)
 
 
-def make_session(model: str | os.PathLike | bytes, *, provider: str = "auto", threads: int | None = None):
+def make_session(model: str | os.PathLike | bytes, *, provider: str = "auto", threads: int | None = None,
+                 spinning: bool | None = None, memory_pattern: bool | None = None):
     """``(session, provider_used)`` where ``provider_used`` is ``"cuda"`` or ``"cpu"``.
 
     ``auto`` uses CUDA only when the session really gets it (``session.get_providers()``); ``cuda`` raises an
-    :class:`Ann2SnnError` when CUDA cannot be used; ``cpu`` never tries CUDA.
+    :class:`Ann2SnnError` when CUDA cannot be used; ``cpu`` never tries CUDA. ``threads``: intra-op threads
+    (None: onnxruntime's default, one per core). ``spinning=False``: worker threads sleep as soon as a run ends
+    instead of spinning (``session.intra_op.allow_spinning``; None keeps onnxruntime's default, on).
+    ``memory_pattern=False``: no pre-planned block for all intermediate tensors (``enable_mem_pattern``; None keeps
+    the default, on). Measured on ResNet-20, batch 256, T = 16: the unrolled graph's run takes 360 MB instead of
+    715, the stateful one 756 instead of 1143, at the same time (±3 %); a plain ReLU ANN was ~9 % slower without.
     """
     if provider not in PROVIDERS:
         raise Ann2SnnError(f"provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
@@ -110,6 +116,10 @@ def make_session(model: str | os.PathLike | bytes, *, provider: str = "auto", th
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = int(threads)
+    if spinning is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if memory_pattern is not None:
+        opts.enable_mem_pattern = bool(memory_pattern)
     available = ort.get_available_providers()
     want_cuda = provider in ("auto", "cuda") and cuda_usable()
     if provider == "cuda" and not want_cuda:
@@ -146,18 +156,22 @@ class StatefulRunner:
     (:attr:`convention`, :attr:`schedule_length`) and sets the read-out: the logits after t steps are the sum of
     ``logits_t`` over steps 1..t divided by t (rate) or ``min(t, L)`` (exact).
 
-    Under CUDA the states are bound with IOBinding as device OrtValues and fed back without leaving the GPU;
-    only the per-step logits are copied to the host.
+    The states are bound with IOBinding, on CPU as on CUDA, in two sets of buffers allocated once per run that the
+    steps alternate between (:meth:`run_outputs`): no state is copied or allocated per step, and under CUDA none
+    leaves the GPU; only the per-step logits are copied to the host (on CPU written in place).
 
     Args:
         model: path (or bytes) of the stateful ONNX file.
-        provider: ``auto`` | ``cuda`` | ``cpu`` (see :func:`make_session`).
+        provider: ``auto`` | ``cuda`` | ``cpu`` (see :func:`make_session`); ``threads``, ``spinning``: as there.
+        memory_pattern: as there; off by default here, where the two state sets already double the footprint.
         states: override the states recorded in the file (specs or their JSON form).
     """
 
     def __init__(self, model: str | os.PathLike | bytes, *, provider: str = "auto", threads: int | None = None,
-                 states: Sequence[StateSpec | Mapping[str, Any]] | None = None) -> None:
-        self.session, self.provider = make_session(model, provider=provider, threads=threads)
+                 states: Sequence[StateSpec | Mapping[str, Any]] | None = None, spinning: bool | None = None,
+                 memory_pattern: bool = False) -> None:
+        self.session, self.provider = make_session(model, provider=provider, threads=threads, spinning=spinning,
+                                                   memory_pattern=memory_pattern)
         where = "the model" if isinstance(model, bytes) else repr(str(model))
         self.metadata = read_metadata(self.session)
         if self.metadata.format != FORMAT_STATEFUL:
@@ -192,31 +206,76 @@ class StatefulRunner:
 
     def run_instant(self, x: np.ndarray, T: int | None = None) -> np.ndarray:
         """The instantaneous outputs ``logits_t`` of steps 1..T, ``[T, B, K]``."""
+        return self.run_outputs(x, T)[LOGITS_T]
+
+    def run_outputs(self, x: np.ndarray, T: int | None = None, extra: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """``logits_t`` and each graph output named in ``extra`` at every step 1..T, each ``[T, B, ...]``.
+
+        No state is copied or allocated per step: two sets of state buffers are bound once (IOBinding, on CPU as
+        on CUDA) and the steps alternate between them (step t reads one set and writes the other; a graph may not
+        read and write one buffer). On CPU each step writes its outputs straight into row t of the result arrays;
+        per step only those rows (and, for a pre-encoded input, the input) are rebound.
+        """
         ort = _ort()
         T = self.T if T is None else int(T)
         x = np.ascontiguousarray(x, dtype=np.float32)
         seq = self.encoding == "sequence"
         batch = x.shape[1] if seq else x.shape[0]
         dev = self._device
-        def to_dev(a):
+        declared = {o.name: o.shape for o in self.session.get_outputs()}
+        state_of = {st.output: st.input for st in self.states}
+        names = list(dict.fromkeys([LOGITS_T, *extra]))
+        for n in names:
+            if n not in declared:
+                raise Ann2SnnError(f"the stateful graph has no output {n!r}; its outputs: {', '.join(declared)}")
+
+        def wrap(a: np.ndarray):  # on CPU the OrtValue is a view of the numpy array: no copy
             return ort.OrtValue.ortvalue_from_numpy(a, dev, 0)
 
-        states = {k: to_dev(v) for k, v in self.initial_state(batch).items()}
-        xs = [to_dev(x[t]) for t in range(T)] if seq else [to_dev(x)] * T
-        outs = []
-        for t in range(T):
+        init = self.initial_state(batch)
+        sets = [{k: wrap(v) for k, v in init.items()},
+                {k: wrap(np.empty_like(v)) if dev == "cpu" else
+                 ort.OrtValue.ortvalue_from_shape_and_type(v.shape, np.float32, dev, 0) for k, v in init.items()}]
+        # on CPU, outputs with a known per-sample shape are written in place into [T, B, ...] arrays; a state asked
+        # for is copied from the buffer it was written to
+        results = {n: np.empty((T, batch, *declared[n][1:]), dtype=np.float32) for n in names
+                   if dev == "cpu" and all(isinstance(d, int) for d in declared[n][1:]) and n not in state_of}
+        copied = [n for n in names if n not in results and n not in state_of]
+        states_asked = [n for n in names if n in state_of]
+        rows_of_states: dict[str, list[np.ndarray]] = {n: [] for n in states_asked}
+        rows: dict[str, list[np.ndarray]] = {n: [] for n in copied}
+        xs = [wrap(x[t]) for t in range(T)] if seq else [wrap(x)]
+        bindings = []
+        for i in (0, 1):  # binding i reads state set i and writes set 1 - i
             b = self.session.io_binding()
-            b.bind_ortvalue_input(INPUT, xs[t])
-            for s in self.states:
-                b.bind_ortvalue_input(s.input, states[s.input])
-            b.bind_output(LOGITS_T, dev)
-            for s in self.states:
-                b.bind_output(s.output, dev)
+            b.bind_ortvalue_input(INPUT, xs[0])
+            for st in self.states:
+                b.bind_ortvalue_input(st.input, sets[i][st.input])
+                b.bind_ortvalue_output(st.output, sets[1 - i][st.input])
+            for n in names:
+                if n in results:
+                    b.bind_ortvalue_output(n, wrap(results[n][0]))
+                elif n in copied:
+                    b.bind_output(n, dev)
+            bindings.append(b)
+        unbound = [n for n in names if n not in state_of]
+        position = {n: len(self.states) + j for j, n in enumerate(unbound)}  # get_outputs() is in binding order
+        for t in range(T):
+            b = bindings[t % 2]
+            if seq:
+                b.bind_ortvalue_input(INPUT, xs[t])
+            for n, arr in results.items():
+                b.bind_ortvalue_output(n, wrap(arr[t]))
             self.session.run_with_iobinding(b)
-            vals = b.get_outputs()
-            outs.append(vals[0].numpy())
-            states = {s.input: v for s, v in zip(self.states, vals[1:])}
-        return np.stack(outs)
+            if copied:
+                outs = b.get_outputs()
+                for n in copied:
+                    rows[n].append(outs[position[n]].numpy())
+            for n in states_asked:
+                rows_of_states[n].append(sets[1 - t % 2][state_of[n]].numpy().copy())
+        results.update({n: np.stack(v) for n, v in rows.items()})
+        results.update({n: np.stack(v) for n, v in rows_of_states.items()})
+        return {n: results[n] for n in names}
 
     def run(self, x: np.ndarray, T: int | None = None) -> np.ndarray:
         """Logits at every t = 1..T, ``[T, B, K]``: the sum of ``logits_t`` over steps 1..t divided by ``N(t)``

@@ -18,7 +18,8 @@ from torch import nn
 from ann2snn.data import Dataset, batches
 from ann2snn.errors import Ann2SnnError
 
-__all__ = ["fit", "accuracy", "train", "train_epoch", "make_optimizer", "TrainConfig", "TrainResult"]
+__all__ = ["fit", "accuracy", "train", "train_epoch", "make_optimizer", "decay_groups", "TrainConfig", "TrainResult",
+           "family_defaults"]
 
 
 @torch.no_grad()
@@ -31,13 +32,44 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     return correct / len(y)
 
 
-def make_optimizer(params, optimizer: str, *, lr: float, weight_decay: float, steps: int):
-    """Adam, or SGD with momentum 0.9, and a cosine schedule over ``steps`` batches."""
+def make_optimizer(params, optimizer: str, *, lr: float, weight_decay: float, steps: int, warmup_steps: int = 0):
+    """Adam, AdamW or SGD with momentum 0.9, and a cosine schedule over ``steps`` batches.
+
+    With ``warmup_steps`` the rate first rises linearly from ``lr / warmup_steps`` to ``lr``, then follows the
+    cosine over the remaining steps. ``params`` may be parameter groups with their own weight decay
+    (:func:`decay_groups`).
+    """
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    if warmup_steps <= 0:
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    warm, rest = int(warmup_steps), max(1, steps - int(warmup_steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / rest)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+#: Parameter names (last component) that weight decay leaves alone besides every vector (norms, biases, QCFS λ):
+#: position embeddings, class tokens and relative-position tables are learned constants, not weights.
+NO_DECAY_NAMES = ("pos", "token", "table")
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups: weight decay on weight matrices and kernels only, none on vectors (biases, norm scales,
+    QCFS λ: decay would pull thresholds towards Softplus(0)) or :data:`NO_DECAY_NAMES`."""
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (keep if p.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
 def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, batch_size: int, opt, sched, *,
@@ -92,7 +124,14 @@ def fit(model: nn.Module, data: Dataset, *, epochs: int = 10, lr: float = 1e-2, 
 # ------------------------------------------------------------------------------------------------------------
 # QANN training for the CLI: stages, checkpoints, resume, run records, torch.distributed.
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+#: Defaults per architecture family for options left at ``None``: ``(optimizer, lr, weight decay, warmup epochs)``.
+#: Transformers (:class:`ann2snn.models.common.ZooTransformer`) train with AdamW, decoupled weight decay 0.05 on
+#: weight matrices only, and a linear warmup of one epoch (at most a tenth of a stage) before the cosine.
+FAMILY_DEFAULTS = {"cnn": ("adam", 2e-3, 0.0, 0.0), "transformer": ("adamw", 2e-3, 0.05, 1.0)}
+_LR_DEFAULTS = {"adam": 2e-3, "adamw": 2e-3, "sgd": 0.1}
+_WD_DEFAULTS = {"adam": 0.0, "adamw": 0.05, "sgd": 5e-4}
 
 
 @dataclass(frozen=True)
@@ -107,6 +146,10 @@ class TrainConfig:
     optimizer state for ``resume``, to ``output`` with suffix ``.last.pt``.
     ``act``: ``"qcfs"`` (QANN), ``"relu"`` (plain ANN), ``"signed"`` (SignedQCFS QANN with θ_n = ``alpha``·θ_p, or
     θ_n learned with ``learn_negative``) or ``"leaky"`` (plain ``LeakyReLU(alpha)`` ANN, for ``prepare``).
+    ``optimizer``, ``lr``, ``weight_decay`` and ``warmup`` (epochs of linear warmup before the cosine) left at
+    ``None`` take the architecture family's defaults (:data:`FAMILY_DEFAULTS`; see :func:`family_defaults`).
+    Transformers take ``granularity`` ``"head"``, ``"neuron"`` or ``"head-neuron"`` (HN-QCFS); a two-stage run
+    of one makes each quantizer head- or neuron-wise as its ``threshold_plan`` says.
     """
 
     arch: str | None = None
@@ -121,9 +164,10 @@ class TrainConfig:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
     batch_size: int = 128
-    lr: float = 2e-3
-    optimizer: str = "adam"
+    lr: float | None = None
+    optimizer: str | None = None
     weight_decay: float | None = None
+    warmup: float | None = None
     seed: int = 0
     two_stage: tuple[int, int] | None = None
     stage2_lr: float | None = None
@@ -163,24 +207,29 @@ def _check_config(cfg: TrainConfig) -> None:
         bad("no architecture: pass --arch NAME (see `ann2snn models`), --from-ann ANN.pt or --resume CKPT")
     if isinstance(cfg.levels, bool) or not isinstance(cfg.levels, int) or cfg.levels <= 0:
         bad(f"--levels must be a positive integer (QCFS quantization levels L), got {cfg.levels!r}")
-    if cfg.granularity not in ("layer", "channel", "neuron"):
-        bad(f"--granularity must be layer, channel or neuron, got {cfg.granularity!r}")
+    if cfg.granularity not in GRANULARITY_CHOICES:
+        bad(f"--granularity must be one of {', '.join(GRANULARITY_CHOICES)}, got {cfg.granularity!r}")
     if cfg.act not in _ACTS:
         bad(f"--act must be one of {', '.join(_ACTS)}, got {cfg.act!r}")
     if isinstance(cfg.alpha, bool) or not isinstance(cfg.alpha, (int, float)) or not 0 < cfg.alpha < math.inf:
         bad(f"--alpha (the LeakyReLU slope, θ_n/θ_p of a signed QCFS) must be a number > 0, got {cfg.alpha!r}")
     if cfg.learn_negative and cfg.act != "signed":
         bad(f"--learn-negative learns the negative threshold of a signed QCFS; it needs --act signed, not {cfg.act}")
-    if cfg.optimizer not in OPTIMIZERS:
+    if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
         bad(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     if cfg.epochs <= 0 and cfg.two_stage is None:
         bad(f"--epochs must be a positive integer, got {cfg.epochs}")
     if cfg.batch_size <= 0:
         bad(f"--batch-size must be a positive integer, got {cfg.batch_size}")
-    if not cfg.lr > 0 or (cfg.stage2_lr is not None and not cfg.stage2_lr > 0):
-        bad(f"--lr must be > 0, got {cfg.lr}")
-    if cfg.init_threshold <= 0:
-        bad(f"--init-threshold must be > 0, got {cfg.init_threshold}")
+    if (cfg.lr is not None and not 0 < cfg.lr < math.inf) or (cfg.stage2_lr is not None
+                                                             and not 0 < cfg.stage2_lr < math.inf):
+        bad(f"--lr must be a finite number > 0, got {cfg.lr if cfg.lr is not None else cfg.stage2_lr}")
+    if cfg.weight_decay is not None and not 0 <= cfg.weight_decay < math.inf:
+        bad(f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay}")
+    if cfg.warmup is not None and not 0 <= cfg.warmup < math.inf:
+        bad(f"--warmup must be a number of epochs >= 0, got {cfg.warmup}")
+    if not 0 < cfg.init_threshold < math.inf:  # also refuses nan
+        bad(f"--init-threshold must be a finite number > 0, got {cfg.init_threshold}")
     if cfg.two_stage is not None:
         if len(cfg.two_stage) != 2 or any((not isinstance(e, int)) or e <= 0 for e in cfg.two_stage):
             bad(f"--two-stage takes two positive epoch counts E1,E2, got {cfg.two_stage!r}")
@@ -190,12 +239,35 @@ def _check_config(cfg: TrainConfig) -> None:
         bad(f"--device must be auto, cpu or cuda[:N], got {cfg.device!r}")
 
 
-def _stages(cfg: TrainConfig) -> list[tuple[str, int, float]]:
-    """``[(granularity, epochs, lr)]``."""
+#: ``--granularity`` values: CNN (layer, channel, neuron) and transformer (head, neuron, head-neuron) thresholds.
+GRANULARITY_CHOICES = ("layer", "channel", "neuron", "head", "head-neuron")
+
+
+def _stages(cfg: TrainConfig, *, transformer: bool = False) -> list[tuple[str, int, float]]:
+    """``[(granularity, epochs, lr)]`` (``cfg.lr`` resolved)."""
     if cfg.two_stage is None:
         return [(cfg.granularity, cfg.epochs, cfg.lr)]
-    g2 = cfg.granularity if cfg.granularity != "layer" else "channel"
+    g2 = cfg.granularity if cfg.granularity != "layer" else ("head-neuron" if transformer else "channel")
     return [("layer", cfg.two_stage[0], cfg.lr), (g2, cfg.two_stage[1], cfg.stage2_lr or cfg.lr / 10)]
+
+
+def _is_transformer(model: nn.Module) -> bool:
+    from ann2snn.models.common import ZooTransformer
+
+    return isinstance(model, ZooTransformer)
+
+
+def family_defaults(cfg: TrainConfig, model: nn.Module) -> TrainConfig:
+    """``cfg`` with ``optimizer``, ``lr``, ``weight_decay`` and ``warmup`` filled in where ``None``: from the
+    optimizer when one is named (lr 2e-3 Adam or AdamW, 0.1 SGD; decay 0, 0.05, 5e-4), else from ``model``'s
+    family (:data:`FAMILY_DEFAULTS`)."""
+    from dataclasses import replace
+
+    opt, lr, wd, warmup = FAMILY_DEFAULTS["transformer" if _is_transformer(model) else "cnn"]
+    opt = cfg.optimizer or opt
+    return replace(cfg, optimizer=opt, lr=cfg.lr if cfg.lr is not None else _LR_DEFAULTS[opt],
+                   weight_decay=cfg.weight_decay if cfg.weight_decay is not None else _WD_DEFAULTS[opt],
+                   warmup=cfg.warmup if cfg.warmup is not None else warmup)
 
 
 class _Dist:
@@ -281,6 +353,8 @@ def _build_model(cfg: TrainConfig, data, *, granularity: str) -> tuple[nn.Module
             kw.setdefault("num_classes", data.num_classes)
         if "in_channels" in params:
             kw.setdefault("in_channels", data.input_shape[0])
+        if "image_size" in params:  # the transformers size their token grid and position embedding by it
+            kw.setdefault("image_size", data.input_shape[-1])
     if cfg.act != "qcfs":
         kw["act"] = cfg.act
     if cfg.act in ("signed", "leaky"):
@@ -308,10 +382,13 @@ def _check_input(model: nn.Module, data, spec: str) -> None:
     model.input_shape = data.input_shape  # e.g. a ResNet (global pooling) on 28×28 images
 
 
-def _make_optimizer(cfg: TrainConfig, params, lr: float, steps: int):
-    default_wd = 0.0 if cfg.optimizer == "adam" else 5e-4
-    wd = default_wd if cfg.weight_decay is None else cfg.weight_decay
-    return make_optimizer(params, cfg.optimizer, lr=lr, weight_decay=wd, steps=steps)
+def _make_optimizer(cfg: TrainConfig, model: nn.Module, lr: float, steps: int, steps_per_epoch: int):
+    """The stage's optimizer and schedule (``cfg`` resolved by :func:`family_defaults`); AdamW decays only weight
+    matrices (:func:`decay_groups`), warmup is ``cfg.warmup`` epochs capped at a tenth of the stage."""
+    params = decay_groups(model, cfg.weight_decay) if cfg.optimizer == "adamw" else model.parameters()
+    warmup = min(int(round(cfg.warmup * steps_per_epoch)), steps // 10)
+    return make_optimizer(params, cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, steps=steps,
+                          warmup_steps=warmup)
 
 
 def _paths(cfg: TrainConfig, arch: str) -> tuple[Path, Path]:
@@ -322,6 +399,38 @@ def _paths(cfg: TrainConfig, arch: str) -> tuple[Path, Path]:
     else:
         best = Path(f"{arch}-{cfg.data.partition(':')[0]}.pt")
     return best, best.with_name(best.name.removesuffix(".pt") + ".last.pt")
+
+
+def _stage1_path(best: Path) -> Path:
+    return best.with_name(best.name.removesuffix(".pt") + ".stage1.pt")
+
+
+def _check_outputs(cfg: TrainConfig, arch: str, best: Path, last: Path) -> None:
+    """Before any epoch: every file this run writes can be written, and none exists unless ``force`` — except,
+    when resuming, the files of the run being resumed (its ``.last.pt`` and the best/stage-1 files beside it)."""
+    from dataclasses import replace
+
+    from ann2snn.files import check_writable
+
+    paths = [best, last] + ([_stage1_path(best)] if cfg.two_stage else [])
+    own: set[Path] = set()
+    if cfg.resume:
+        b, la = _paths(replace(cfg, output=None), arch)
+        own = {p.resolve() for p in (b, la, _stage1_path(b))}
+    for p in paths:
+        check_writable(p, force=True)
+        if p.exists() and not cfg.force and p.resolve() not in own:
+            raise Ann2SnnError(f"{p} already exists; pass --force to overwrite it or -o to write elsewhere")
+
+
+def _record_preprocessing(model: nn.Module, data, cfg: TrainConfig) -> None:
+    """The model's files record the preprocessing of the data it is trained on; a model that records another one
+    (``--from-ann`` / ``--resume``) is not fine-tuned on differently preprocessed images."""
+    recorded, now = getattr(model, "preprocessing", None), data.preprocessing
+    if recorded is not None and (recorded.mean, recorded.std) != (now.mean, now.std):
+        raise Ann2SnnError(f"{cfg.from_ann or cfg.resume!r} was trained on inputs made as '{recorded.describe()}' but "
+                           f"--data {cfg.data} gives '{now.describe()}'; train on the data it was trained on")
+    model.preprocessing = now
 
 
 def _shard(n: int, perm: torch.Tensor, rank: int, world: int) -> torch.Tensor:
@@ -364,21 +473,21 @@ def train(cfg: TrainConfig, *, progress: Callable[..., None] | None = None) -> T
     from ann2snn.runs import write_record
 
     _check_config(cfg)
-    stages = _stages(cfg)
     dist = _Dist(cfg.device)
     say = progress if (progress is not None and dist.main) else (lambda *a, **k: None)
     try:
         data = load_dataset(cfg.data)
         torch.manual_seed(cfg.seed)
-        model, state = _build_model(cfg, data, granularity=stages[0][0])
+        model, state = _build_model(cfg, data, granularity="layer" if cfg.two_stage else cfg.granularity)
+        cfg = family_defaults(cfg, model)
+        stages = _stages(cfg, transformer=_is_transformer(model))
         model.to(dist.device)
         _check_input(model, data, cfg.data)
         arch = getattr(model, "arch_name", None) or cfg.arch or "model"
         best_path, last_path = _paths(cfg, arch)
-        if dist.main and not cfg.force and not cfg.resume:
-            for p in (best_path, last_path):
-                if p.exists():
-                    raise Ann2SnnError(f"{p} already exists; pass --force to overwrite it or -o to write elsewhere")
+        if dist.main:
+            _check_outputs(cfg, arch, best_path, last_path)
+        _record_preprocessing(model, data, cfg)
         dist.barrier()
         xtr, ytr = data.x_train.to(dist.device), data.y_train.to(dist.device)
         xte, yte = data.x_test.to(dist.device), data.y_test.to(dist.device)
@@ -396,21 +505,25 @@ def train(cfg: TrainConfig, *, progress: Callable[..., None] | None = None) -> T
             start = stage_ends[s] - epochs
             if done >= stage_ends[s]:
                 continue
-            layerwise = any(q.granularity == "layer" for _, q in qcfs_modules(model))
+            transformer = _is_transformer(model) and cfg.act not in _PLAIN_ACTS
+            # head-wise on attention, neuron-wise elsewhere for a transformer; the CNN zoo's thresholds lie on dim 1
+            plan = model.threshold_plan(gran) if transformer and gran != "layer" else gran
+            qs = dict(qcfs_modules(model))
+            layerwise = any(q.granularity == "layer" for n, q in qs.items() if isinstance(plan, str) or n in plan)
             if cfg.act not in _PLAIN_ACTS and gran != "layer" and layerwise:
                 if dist.main and s > 0:  # keep the layer-wise stage-1 result
-                    ann2snn.save(model, best_path.with_name(best_path.name.removesuffix(".pt") + ".stage1.pt"),
+                    ann2snn.save(model, _stage1_path(best_path),  # _check_outputs allowed it before training
                                  meta={"dataset": cfg.data, "stage": s, "test_accuracy": test_acc}, force=True)
-                to_channelwise(model, xte[:2], granularity=gran, dim=1)  # the zoo puts thresholds on dim 1
+                to_channelwise(model, xte[:2], granularity=plan, dim=None if transformer else 1)
                 model.arch_kwargs = {**getattr(model, "arch_kwargs", {}), "granularity": gran}
                 best = -1.0  # the best model of a two-stage run is a stage-2 model
-            qs = qcfs_modules(model)
-            say("stage", stage=s, granularity=qs[0][1].granularity if qs else "no (ReLU)", epochs=epochs, model=model)
+            shown = gran if transformer else (next(iter(qs.values())).granularity if qs else "no (ReLU)")
+            say("stage", stage=s, granularity=shown, epochs=epochs, model=model)
             net = model
             if dist.world > 1:
                 net = nn.parallel.DistributedDataParallel(
                     model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-            opt, sched = _make_optimizer(cfg, model.parameters(), lr, epochs * steps_per_epoch)
+            opt, sched = _make_optimizer(cfg, model, lr, epochs * steps_per_epoch, steps_per_epoch)
             if state and state.get("stage") == s and done > start:
                 opt.load_state_dict(state["optimizer"])
                 sched.load_state_dict(state["scheduler"])

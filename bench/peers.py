@@ -12,7 +12,11 @@ Data: MNIST from ``$ANN2SNN_MNIST`` or ``../shared/data/mnist`` (gzip IDX files)
     pip install --no-deps spikingjelly==2.0.0
     pip install scipy h5py loguru requests tqdm
 
-Usage: ``python bench/peers.py [--epochs 2] [--levels 4] [--json out.json]``; prints a table and JSON.
+Timing: every contender runs with the same number of threads (``--threads``, default 1: ``torch.set_num_threads``
+and onnxruntime's intra-op threads), the contenders take turns call by call (A B C A B C …), and each call's wall
+time and process CPU time are recorded; the table gives the median and the spread (min–max) per sample.
+
+Usage: ``python bench/peers.py [--epochs 2] [--levels 4] [--threads 1] [--json out.json]``; prints a table and JSON.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ann2snn  # noqa: E402
-from ann2snn.bench import median_times  # noqa: E402
+from ann2snn.bench import measure, spread  # noqa: E402
 from ann2snn.models.cnn import mnist_convnet  # noqa: E402
 
 T_LIST = (1, 2, 4, 8, 16, 32, 64)
@@ -82,15 +85,16 @@ def relu_net(seed: int) -> nn.Module:
     return net
 
 
-def ann2snn_runner(qann, x_test, y_test, *, T_max: int, time_T: int):
+def ann2snn_runner(qann, x_test, y_test, *, T_max: int, time_T: int, threads: int = 1):
     """Accuracy at every T (one unrolled run at T_max) and a timing function at ``time_T`` (onnxruntime)."""
     from ann2snn.exporters.onnx_unrolled import build_unrolled
     from ann2snn.runtime import make_session
 
     snn = ann2snn.convert(qann, T_max)
-    sess, provider = make_session(build_unrolled(snn, T=T_max).SerializeToString(), provider="cpu")
+    sess, provider = make_session(build_unrolled(snn, T=T_max).SerializeToString(), provider="cpu", threads=threads)
     acc = accuracy(lambda xb: sess.run(["logits_per_step"], {"input": xb.numpy()})[0], x_test, y_test)
-    tsess, _ = make_session(build_unrolled(ann2snn.convert(qann, time_T)).SerializeToString(), provider="cpu")
+    tsess, _ = make_session(build_unrolled(ann2snn.convert(qann, time_T)).SerializeToString(), provider="cpu",
+                            threads=threads)
     return acc, (lambda xb: tsess.run(["logits"], {"input": xb})), provider
 
 
@@ -121,13 +125,14 @@ def main(argv=None) -> dict:
     p.add_argument("--time-T", type=int, default=4, help="T at which time per sample is measured")
     p.add_argument("--batch", default="1,256")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1, help="threads of every contender (torch and onnxruntime)")
     p.add_argument("--train-samples", type=int, default=0, help="use only this many training images (0: all)")
     p.add_argument("--test-samples", type=int, default=0, help="use only this many test images (0: all)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     a = p.parse_args(argv)
     Ts = [int(t) for t in a.T.split(",")]
     batches = [int(b) for b in a.batch.split(",")]
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(a.threads)  # the same for every contender: SpikingJelly runs in torch
     data = load_data()
     xtr, ytr, xte, yte = data.x_train, data.y_train, data.x_test, data.y_test
     if a.train_samples:
@@ -135,11 +140,12 @@ def main(argv=None) -> dict:
     if a.test_samples:
         data.x_test, data.y_test = xte, yte = xte[:a.test_samples], yte[:a.test_samples]
     result = {"data": data.name, "net": "conv16-conv32-linear (zoo: mnist-convnet)", "levels": a.levels,
-              "epochs": a.epochs, "train": len(ytr), "test": len(yte), "time_T": a.time_T, "T": Ts, "rows": []}
+              "epochs": a.epochs, "train": len(ytr), "test": len(yte), "time_T": a.time_T, "T": Ts,
+              "threads": a.threads, "rows": []}
     t0 = time.time()
     qann = train(mnist_convnet(levels=a.levels, init_threshold=2.0), data, epochs=a.epochs)
     q_acc = float(accuracy(lambda xb: qann(xb).numpy(), xte, yte))
-    acc, timed, provider = ann2snn_runner(qann, xte, yte, T_max=max(Ts), time_T=a.time_T)
+    acc, timed, provider = ann2snn_runner(qann, xte, yte, T_max=max(Ts), time_T=a.time_T, threads=a.threads)
     contenders = {f"ann2snn L={a.levels}": (q_acc, acc, timed)}
     result["methods"] = {f"ann2snn L={a.levels}": f"QCFS QANN, L={a.levels}, converted; unrolled ONNX on onnxruntime "
                                                  f"{provider}"}
@@ -156,16 +162,18 @@ def main(argv=None) -> dict:
             contenders[f"SJ {mode}"] = (r_acc, acc, timed)
             result["methods"][f"SJ {mode}"] = (f"SpikingJelly 2.0 Converter(RateCodingRecipe(mode={mode!r})) of the "
                                                "ReLU ANN, PyTorch, multi-step")
-    # time all contenders in turns, per batch size, so they share the machine's load
+    # time all contenders in turns, call by call, per batch size, so they share the machine's load
     ms = {name: {} for name in contenders}
+    cpu = {name: {} for name in contenders}
     for b in batches:
         xb = np.ascontiguousarray(xte[:b].numpy())
-        t = median_times({name: (lambda f=f: f(xb)) for name, (_, _, f) in contenders.items()}, repeats=a.repeats)
+        t = measure({name: (lambda f=f: f(xb)) for name, (_, _, f) in contenders.items()}, repeats=a.repeats)
         for name in contenders:
-            ms[name][b] = t[name] / b * 1e3
+            ms[name][b] = {k: v / b * 1e3 for k, v in spread(t[name]["wall"]).items()}
+            cpu[name][b] = {k: v / b * 1e3 for k, v in spread(t[name]["cpu"]).items()}
     for name, (ann_acc, acc, _) in contenders.items():
         result["rows"].append({"method": name, "ann_accuracy": ann_acc, "accuracy": {T: float(acc[T - 1]) for T in Ts},
-                               "ms_per_sample": ms[name]})
+                               "ms_per_sample": ms[name], "cpu_ms_per_sample": cpu[name]})
     result["seconds"] = time.time() - t0
     _print(result, Ts, batches)
     if a.json:
@@ -187,14 +195,21 @@ def _print(result, Ts, batches) -> None:
     for T in Ts:
         t.add_column(f"T={T}", justify="right")
     for b in batches:
-        t.add_column(f"ms b={b}", justify="right")
+        t.add_column(f"ms b={b} [min–max]", justify="right")
+        t.add_column(f"cpu ms b={b}", justify="right")
+
+    def cell(d):
+        return f"{d['median']:.4f} [{d['min']:.4f}–{d['max']:.4f}]"
+
     for r in result["rows"]:
         t.add_row(r["method"], f"{100 * r['ann_accuracy']:.2f}", *[f"{100 * r['accuracy'][T]:.2f}" for T in Ts],
-                  *[f"{r['ms_per_sample'][b]:.4f}" for b in batches])
+                  *[c for b in batches for c in (cell(r["ms_per_sample"][b]), cell(r["cpu_ms_per_sample"][b]))])
     Console().print(t)
     for name, what in result.get("methods", {}).items():
         print(f"  {name}: {what}")
     print("  ANN: the QANN (ann2snn) or the ReLU ANN (SpikingJelly), same architecture, data, seed and epochs")
+    print(f"  time per sample: median [min–max] over turns, {result['threads']} thread(s) for every contender; "
+          "cpu = process CPU time")
 
 
 if __name__ == "__main__":

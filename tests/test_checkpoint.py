@@ -9,8 +9,10 @@ import torch
 from helpers import randomize
 
 import ann2snn
-from ann2snn.errors import CheckpointError
+from ann2snn.data import Preprocessing
+from ann2snn.errors import Ann2SnnError, CheckpointError
 from ann2snn.files import atomic_write
+from ann2snn.layers import qcfs_modules
 from ann2snn.network import ConversionInfo
 
 
@@ -92,9 +94,22 @@ def test_bare_state_dict_needs_arch(tmp_path):
     with pytest.raises(CheckpointError, match="--arch"):
         ann2snn.load(tmp_path / "sd.pt")
     back = ann2snn.load(tmp_path / "sd.pt", arch="digits-cnn", arch_kwargs={"levels": 2})
-    assert back.arch_name == "digits-cnn"
+    assert back.arch_name == "digits-cnn" and back.arch_kwargs == {"levels": 2}
+    assert {q.levels for _, q in qcfs_modules(back)} == {2}  # the L it was built with, not the zoo default
     with pytest.raises(CheckpointError, match="do not fit"):
-        ann2snn.load(tmp_path / "sd.pt", arch="mnist-cnn")
+        ann2snn.load(tmp_path / "sd.pt", arch="mnist-cnn", arch_kwargs={})
+
+
+def test_bare_state_dict_never_silently_takes_the_default_levels(tmp_path):
+    torch.save(ann2snn.models.create("digits-cnn", levels=2).state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(CheckpointError, match="does not record the arguments of 'digits-cnn'.*--arch-kwargs"):
+        ann2snn.load(tmp_path / "sd.pt", arch="digits-cnn")
+    default = ann2snn.load(tmp_path / "sd.pt", arch="digits-cnn", arch_kwargs={})  # the defaults, said explicitly
+    zoo_default = qcfs_modules(ann2snn.models.create("digits-cnn"))[0][1].levels
+    assert zoo_default != 2 and {q.levels for _, q in qcfs_modules(default)} == {zoo_default}
+    path = ann2snn.save(ann2snn.models.create("digits-cnn", levels=2), tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="records its own architecture arguments"):
+        ann2snn.load(path, arch_kwargs={"levels": 3})
 
 
 def test_pickled_module_needs_trust(tmp_path):
@@ -106,7 +121,7 @@ def test_pickled_module_needs_trust(tmp_path):
     assert isinstance(back, torch.nn.Module)
 
 
-@pytest.mark.parametrize("content", [b"", b"not a torch file at all", b"PK\x03\x04garbage"])
+@pytest.mark.parametrize("content", [b"", b"not a torch file at all", b"PK\x03\x04garbage", b"\x00\x01binary"])
 def test_corrupt_and_missing_files(tmp_path, content):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
@@ -128,3 +143,106 @@ def test_unregistered_model_cannot_be_saved(tmp_path):
     with pytest.raises(CheckpointError, match="register"):
         ann2snn.save(torch.nn.Linear(2, 2), tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+def _flip_weight_bytes(path):
+    """Change two bytes inside the largest tensor record (not padding), keeping the zip structure intact."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    # the record's data follows its local header: 30 bytes + name + extra field
+    name_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[start] ^= 0xFF
+    data[start + 1] ^= 0x55
+    path.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_corrupted_bytes_are_a_corrupt_file_not_garbage_weights(tmp_path):
+    path = ann2snn.save(ann2snn.models.create("digits-cnn", levels=2), tmp_path / "m.pt")
+    record = _flip_weight_bytes(path)
+    assert torch.load(path, weights_only=True)["format"] == "ann2snn.qann"  # torch itself reads it without a word
+    with pytest.raises(CheckpointError, match=f"corrupt file .*record '{record}' fails its CRC check"):
+        ann2snn.load(path)
+
+
+def test_legacy_pickle_is_named_and_needs_trust(tmp_path):
+    qann = ann2snn.models.create("digits-cnn", levels=2)
+    torch.save(qann.state_dict(), tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="legacy pickle file.*--trust-pickle"):
+        ann2snn.load(tmp_path / "old.pt", arch="digits-cnn", arch_kwargs={"levels": 2})
+    back = ann2snn.load(tmp_path / "old.pt", arch="digits-cnn", arch_kwargs={"levels": 2}, trust_pickle=True)
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), qann.eval()(x))
+
+
+@pytest.mark.parametrize("where,value", [("weight", float("inf")), ("weight", float("nan")), ("lam", float("inf")),
+                                         ("running_var", -1.0)])
+def test_non_finite_tensors_are_refused_at_load_naming_the_tensor(tmp_path, where, value):
+    path = ann2snn.save(ann2snn.models.create("digits-cnn", levels=2), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    name = next(k for k in payload["state_dict"] if k.endswith(where))
+    payload["state_dict"][name].view(-1)[0] = value
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=f"tensor {name!r} has 1 NaN or infinite|variance {name!r}"):
+        ann2snn.load(path)
+
+
+@pytest.mark.parametrize("field,value,expect", [
+    ("arch", 5, "architecture name is 5"),
+    ("kwargs", "levels=2", "not a dict"),
+    ("kwargs", {"levels": "x"}, "levels must be a positive integer"),
+    ("kwargs", {"nope": 1}, "does not accept these arguments"),
+    ("kwargs", {"levels": 2, "channels": 3}, "weights do not fit"),
+    ("input_shape", [1, -8, 8], "input shape is"),
+    ("state_dict", {"a": 1}, "not named tensors"),
+    ("preprocessing", {"mean": [0.5], "std": [0.0]}, "malformed preprocessing"),
+])
+def test_malformed_records_are_one_line_errors(tmp_path, field, value, expect):
+    path = ann2snn.save(ann2snn.models.create("digits-cnn", levels=2), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    payload[field] = value
+    torch.save(payload, path)
+    with pytest.raises(Ann2SnnError, match=expect) as e:
+        ann2snn.load(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_preprocessing_travels_with_the_model(tmp_path):
+    qann = ann2snn.models.create("digits-cnn", levels=2)
+    qann.preprocessing = Preprocessing(255.0, (0.1307,), (0.3081,), "mnist")
+    back = ann2snn.load(ann2snn.save(qann, tmp_path / "m.pt"))
+    assert back.preprocessing == qann.preprocessing
+    snn = ann2snn.convert(back, T=2)
+    assert snn.info.qann_payload["preprocessing"]["mean"] == [0.1307]
+    again = ann2snn.load(ann2snn.save(snn, tmp_path / "m.snn.pt"))
+    assert again.info.qann_payload["preprocessing"] == snn.info.qann_payload["preprocessing"]
+    plain = ann2snn.load(ann2snn.save(ann2snn.models.create("digits-cnn", levels=2), tmp_path / "p.pt"))
+    assert plain.preprocessing is None  # not recorded: unknown, never a guess
+
+
+def test_preprocessing_goes_into_the_onnx_metadata_and_sidecar(tmp_path):
+    import json
+
+    from ann2snn.exporters.contract import META_PREPROCESSING, read_metadata
+
+    qann = ann2snn.models.create("digits-cnn", levels=2, channels=4)
+    qann.preprocessing = Preprocessing(16.0, (0.25,), (0.5,), "digits")
+    res = ann2snn.export(ann2snn.convert(qann, T=2), tmp_path / "d.snn.onnx", format="both", verify=False)
+    for path in res.files.values():
+        assert read_metadata(path).preprocessing == qann.preprocessing
+    side = json.loads(res.sidecar.read_text())
+    assert side["preprocessing"]["mean"] == [0.25] and side["preprocessing"]["pixel_max"] == 16.0
+    assert "pixels / 16" in side["preprocessing"]["text"]
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(res.files["unrolled"])).metadata_props}
+    assert json.loads(props[META_PREPROCESSING])["input_range"] == [[-0.5, 1.5]]
+    plain = ann2snn.export(ann2snn.convert(ann2snn.models.create("digits-cnn", levels=2, channels=4), T=2),
+                           tmp_path / "p.snn.onnx", format="unrolled", verify=False)
+    assert read_metadata(plain.files["unrolled"]).preprocessing is None  # unknown, said as such

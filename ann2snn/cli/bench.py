@@ -7,12 +7,17 @@ from pathlib import Path
 
 import click
 
-from ann2snn.cli.common import console, err_console, model_options, parse_int_list, print_json, table
-
-
-def _fmt(row, key, spec):
-    v = row.get(key)
-    return "-" if v is None else format(v, spec)
+from ann2snn.cli.common import (
+    check_T,
+    console,
+    err_console,
+    esc,
+    model_options,
+    parse_batches,
+    parse_int_list,
+    print_json,
+    table,
+)
 
 
 @click.command("bench")
@@ -23,9 +28,13 @@ def _fmt(row, key, spec):
               help="Time convention of the SNN converted from a QANN checkpoint (an .onnx file says its own).")
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="onnxruntime provider; auto uses CUDA only when a session really gets it.")
-@click.option("--repeats", default=10, show_default=True, help="Timed runs per measurement (median reported).")
-@click.option("--warmup", default=3, show_default=True, help="Untimed runs first.")
-@click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--repeats", default=10, type=click.IntRange(1, 100_000), show_default=True,
+              help="Timed runs per measurement (median reported).")
+@click.option("--warmup", default=3, type=click.IntRange(0, 100_000), show_default=True, help="Untimed runs first.")
+@click.option("--threads", default=1, type=click.IntRange(1, 4096), show_default=True,
+              help="Threads of every contender: onnxruntime intra-op threads and torch.set_num_threads.")
+@click.option("--spin/--no-spin", "spinning", default=None,
+              help="onnxruntime workers spin after a run (--threads > 1); default: onnxruntime's (spin).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch simulator (slow at large batch).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -34,8 +43,8 @@ def _fmt(row, key, spec):
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Write a run record ($ANN2SNN_RUNS, default ./runs).")
 @model_options
-def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads, no_torch, as_json, output, force,
-              record, trust_pickle, arch, arch_module):
+def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads, spinning, no_torch, as_json, output,
+              force, record, trust_pickle, arch, arch_kwargs, arch_module):
     """Latency and throughput of a QANN checkpoint's ANN and SNN (or of an exported SNN ONNX file).
 
     For a checkpoint: the ANN (the QANN as a plain ReLU ONNX net), the unrolled SNN, the stateful SNN driven T
@@ -46,12 +55,15 @@ def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads
     """
     import ann2snn
     from ann2snn import bench
-    from ann2snn.errors import Ann2SnnError
+    from ann2snn.files import check_writable
+    from ann2snn.runs import check_runs_dir
 
-    T_list = parse_int_list(Ts, name="--T")
-    B_list = parse_int_list(batches, name="--batch")
-    if output is not None and output.exists() and not force:
-        raise Ann2SnnError(f"{output} already exists; pass --force to overwrite it")
+    T_list = [check_T(t) for t in parse_int_list(Ts, name="--T")]
+    B_list = parse_batches(batches)
+    if output is not None:
+        check_writable(output, force=force)
+    if record:
+        check_runs_dir()
     from rich.progress import Progress
 
     with Progress(console=err_console, transient=True, disable=as_json or not err_console.is_terminal) as prog:
@@ -62,12 +74,13 @@ def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads
 
         if model.suffix == ".onnx":
             result = bench.benchmark_onnx(model, batches=B_list, provider=provider, repeats=repeats, warmup=warmup,
-                                          threads=threads, progress=tick)
+                                          threads=threads, progress=tick, spinning=spinning)
         else:
-            qann = ann2snn.checkpoint.load_qann(model, trust_pickle=trust_pickle, arch=arch, arch_module=arch_module)
+            qann = ann2snn.checkpoint.load_qann(model, trust_pickle=trust_pickle, arch=arch, arch_kwargs=arch_kwargs,
+                                                arch_module=arch_module)
             include = ("ann", "unrolled", "stateful") + (() if no_torch else ("torch",))
             result = bench.benchmark(qann, Ts=T_list, batches=B_list, provider=provider, repeats=repeats,
-                                     warmup=warmup, threads=threads, include=include, progress=tick,
+                                     warmup=warmup, threads=threads, include=include, progress=tick, spinning=spinning,
                                      convention=convention)
     result["model"] = str(model)
     if output is not None:
@@ -78,23 +91,32 @@ def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads
     if as_json:
         print_json(result)
         return
-    def cell(r, name):
-        ms, ratio = r.get(f"{name}_ms"), r.get(f"{name}_ratio")
-        return "-" if ms is None else f"{ms:.3f}" + ("" if ratio is None else f" ({ratio:.2f})")
+    def cell(r, name, clock):
+        key = f"{name}_ms" if clock == "wall" else f"{name}_cpu_ms"
+        if r.get(key) is None:
+            return "-"
+        text = f"{r[key]:.3f} [{r[key + '_min']:.3f}–{r[key + '_max']:.3f}]"
+        ratio = f"{name}_ratio" if clock == "wall" else f"{name}_cpu_ratio"
+        if r.get(ratio) is None:
+            return text
+        return text + f" ({r[ratio]:.2f} [{r[ratio + '_min']:.2f}–{r[ratio + '_max']:.2f}])"
 
-    rows = [[r["T"], r["batch"], _fmt(r, "ann_ms", ".3f"), cell(r, "unrolled"), cell(r, "stateful"), cell(r, "torch"),
-             _fmt(r, "unrolled_samples_per_s", ",.0f")] for r in result["rows"]]
-    console.print(table(f"Latency per batch in ms, (ratio SNN ÷ T·ANN); median of {repeats}, onnxruntime "
-                        f"{result['provider']}, {result['convention']} mode",
-                        ["T", "batch", "ANN", "unrolled", "stateful", "torch sim", "unrolled/s"], rows,
-                        justify_right_from=0))
-    console.print(f"[dim]{result['note']}. ratio = SNN time / (T × ANN time), same run, same provider.[/]")
+    names = ["ann", "unrolled", "stateful", "torch"]
+    for clock, what in (("wall", "Latency (wall)"), ("cpu", "Work (process CPU time, all threads)")):
+        rows = [[r["T"], r["batch"], *(cell(r, n, clock) for n in names)] for r in result["rows"]]
+        console.print(table(f"{what} per batch in ms, median [min–max] of {repeats}, (ratio SNN ÷ T·ANN, per turn); "
+                            f"onnxruntime {result['provider']}, {result.get('threads')} thread(s), "
+                            f"{result['convention']} mode",
+                            ["T", "batch", "ANN", "unrolled", "stateful", "torch sim"], rows, justify_right_from=0))
+    console.print(f"[dim]{result['note']}. Contenders take turns call by call; ratio = SNN time / (T × ANN time) "
+                  "of the same turn.[/]")
     if output is not None:
-        console.print(f"wrote [bold]{output}[/]", highlight=False)
+        console.print(f"wrote [bold]{esc(output)}[/]", highlight=False)
     if record:
         from ann2snn.runs import write_record
 
         path = write_record("bench", config={"model": str(model), "T": T_list, "batch": B_list, "mode": convention,
-                                             "provider": provider, "repeats": repeats, "threads": threads},
+                                             "provider": provider, "repeats": repeats, "threads": threads,
+                                             "spinning": spinning},
                             metrics=result, inputs=[model], outputs=[output] if output else [])
-        console.print(f"[dim]run record {path}[/]", highlight=False)
+        console.print(f"[dim]run record {esc(path)}[/]", highlight=False)

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import click
 
-from ann2snn.cli.common import console, model_options, parse_shape, print_json, table
+from ann2snn.cli.common import (
+    check_input_shape,
+    check_T,
+    console,
+    esc,
+    model_options,
+    normalize_option,
+    parse_shape,
+    print_json,
+    resolve_preprocessing,
+    table,
+)
 
 
 def render_report(report, *, title: str = "Conversion report") -> None:
@@ -64,9 +75,11 @@ def render_report(report, *, title: str = "Conversion report") -> None:
               help="Convert max-pooling to a spiking max on accumulated counts, or refuse it.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
+@normalize_option
 @model_options
 def convert_cmd(model, T, convention, fmt, nir_neuron, nir_pool, nir_approximate, output, encoding, verify,
-                provider, input_shape, maxpool, force, as_json, trust_pickle, arch, arch_module):
+                provider, input_shape, maxpool, force, as_json, normalize, trust_pickle, arch, arch_kwargs,
+                arch_module):
     """Convert a QANN checkpoint MODEL into a spiking network, export it to ONNX and verify it on onnxruntime.
 
     Every BatchNorm is folded, every QCFS threshold folded into weights and every QCFS replaced by an IF neuron;
@@ -80,15 +93,30 @@ def convert_cmd(model, T, convention, fmt, nir_neuron, nir_pool, nir_approximate
     --format nir writes a NIR graph (X.nir + X.json) instead, run by nirtorch against the simulator first; see
     --nir-neuron and --nir-approximate (docs/nir.md).
 
+    The ONNX input is what the QANN was trained on: the input preprocessing its file records (or --normalize
+    states) goes into the metadata key ann2snn.preprocessing and the sidecar, for the consumer to apply.
+
     Example: ann2snn convert resnet20.pt --T 4 -o resnet20.snn.onnx
     """
     import ann2snn
     from ann2snn.errors import Ann2SnnError
+    from ann2snn.files import check_writable
+    from ann2snn.runs import check_runs_dir
 
-    if T is not None and T <= 0:
-        raise Ann2SnnError(f"--T must be a positive number of time steps, got {T}")
-    qann = ann2snn.checkpoint.load_qann(model, trust_pickle=trust_pickle, arch=arch, arch_module=arch_module)
-    snn = ann2snn.convert(qann, T, input_shape=parse_shape(input_shape), maxpool=maxpool, convention=convention)
+    check_T(T)
+    shape = parse_shape(input_shape)
+    suffix = {"nir": ".snn.nir", "torch": ".snn.pt"}.get(fmt, ".snn.onnx")
+    check_writable(output or model.with_name(model.name.removesuffix(".pt") + suffix), force=force)
+    check_runs_dir()
+    qann = ann2snn.checkpoint.load_qann(model, trust_pickle=trust_pickle, arch=arch, arch_kwargs=arch_kwargs,
+                                        arch_module=arch_module)
+    qann.preprocessing = resolve_preprocessing(qann, normalize, None, model_path=model)
+    check_input_shape(qann, shape)
+    snn = ann2snn.convert(qann, T, input_shape=shape, maxpool=maxpool, convention=convention)
+    check_T(snn.T, name=f"T (default for L = {max(snn.info.levels, default=0)})")
+    if qann.preprocessing is None and not as_json and fmt != "torch":
+        console.print(f"[yellow]note:[/] {esc(model)} does not record its input preprocessing, so the export says "
+                      "'unknown'; pass --normalize to record it", highlight=False)
     if fmt != "torch":
         nir = {"neuron": nir_neuron, "pool": nir_pool, "approximate": nir_approximate} if fmt == "nir" else None
         _export(snn, model, output, fmt=fmt, encoding=encoding, verify=verify, provider=provider, force=force,
@@ -107,7 +135,7 @@ def convert_cmd(model, T, convention, fmt, nir_neuron, nir_pool, nir_approximate
         print_json({"output": str(out), "T": snn.T, "report": snn.report.to_dict()})
         return
     render_report(snn.report)
-    console.print(f"wrote [bold]{out}[/] (T={snn.T}, {len(snn.stateful())} stateful operators)", highlight=False)
+    console.print(f"wrote [bold]{esc(out)}[/] (T={snn.T}, {len(snn.stateful())} stateful operators)", highlight=False)
 
 
 def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force, as_json, nir=None) -> None:
@@ -144,8 +172,8 @@ def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force,
         console.print("[yellow]verification skipped (--no-verify)[/]")
     for k, p in res.files.items():
         mode = f", exact mode, L={snn.schedule.length}" if snn.schedule.exact else ""
-        console.print(f"wrote [bold]{p}[/] ({k}, T={snn.T}{mode})", highlight=False)
-    console.print(f"wrote [bold]{res.sidecar}[/] (sidecar)", highlight=False)
+        console.print(f"wrote [bold]{esc(p)}[/] ({k}, T={snn.T}{mode})", highlight=False)
+    console.print(f"wrote [bold]{esc(res.sidecar)}[/] (sidecar)", highlight=False)
 
 
 def _render_nir(snn, res) -> None:
@@ -161,7 +189,7 @@ def _render_nir(snn, res) -> None:
                       f"{v['samples']} samples equal (max |err| {v['max_abs_error']:.2e}, atol {v['atol']:.1e})",
                       highlight=False)
     for line in json.loads(res.sidecar.read_text()).get("approximations") or []:
-        console.print(f"[yellow]approximation:[/] {line}", highlight=False)
-    console.print(f"wrote [bold]{res.files['nir']}[/] (NIR, T={snn.T}; logits = mean output over steps)",
+        console.print(f"[yellow]approximation:[/] {esc(line)}", highlight=False)
+    console.print(f"wrote [bold]{esc(res.files['nir'])}[/] (NIR, T={snn.T}; logits = mean output over steps)",
                   highlight=False)
-    console.print(f"wrote [bold]{res.sidecar}[/] (sidecar)", highlight=False)
+    console.print(f"wrote [bold]{esc(res.sidecar)}[/] (sidecar)", highlight=False)

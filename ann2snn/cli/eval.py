@@ -6,19 +6,31 @@ from pathlib import Path
 
 import click
 
-from ann2snn.cli.common import console, model_options, print_json
+from ann2snn.cli.common import (
+    MAX_BATCH,
+    FiniteFloat,
+    check_input,
+    console,
+    esc,
+    model_options,
+    normalize_option,
+    print_json,
+    resolve_preprocessing,
+)
+from ann2snn.methods.cli import method_options, render_comparison, run_comparison
 
 
 def table(title: str, columns: list[str], rows: list[list], *, justify_right_from: int = 1):
-    """A compact rich table (fits 80 columns for the usual T lists)."""
+    """A compact rich table (fits 80 columns for the usual T lists); title and cells print literally."""
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    t = Table(title=Text(str(title)), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for i, c in enumerate(columns):
         t.add_column(c, justify="right" if i >= justify_right_from else "left")
     for r in rows:
-        t.add_row(*[str(v) for v in r])
+        t.add_row(*[Text(str(v)) for v in r])
     return t
 
 
@@ -45,22 +57,19 @@ def check_data_spec(spec: str) -> None:
         raise Ann2SnnError(f"data directory {path!r} is empty; put the {name} files there (no downloads are made)")
 
 
-def load_model_pair(model: Path, trust_pickle: bool, arch, arch_module):
+def load_model_pair(model: Path, trust_pickle: bool, arch, arch_module, arch_kwargs=None):
     """The QANN of ``model`` (a QANN checkpoint, or an SNN file whose QANN is rebuilt from its payload)."""
     import ann2snn
+    from ann2snn.checkpoint import qann_from_payload
     from ann2snn.errors import Ann2SnnError
     from ann2snn.network import SpikingNetwork
 
-    obj = ann2snn.load(model, trust_pickle=trust_pickle, arch=arch, arch_module=arch_module)
+    obj = ann2snn.load(model, trust_pickle=trust_pickle, arch=arch, arch_kwargs=arch_kwargs, arch_module=arch_module)
     if isinstance(obj, SpikingNetwork):
         payload = obj.info.qann_payload
         if payload is None:
             raise Ann2SnnError(f"{model} is an SNN without its QANN; pass the QANN checkpoint to eval")
-        qann = ann2snn.models.create(payload["arch"], **payload.get("kwargs", {}))
-        qann.load_state_dict(payload["state_dict"])
-        if payload.get("input_shape"):
-            qann.input_shape = tuple(payload["input_shape"])
-        return qann.eval()
+        return qann_from_payload(payload, where=f"model file {str(model)!r}")
     return obj
 
 
@@ -125,10 +134,14 @@ def render_eval(result: dict) -> None:
     c = next(iter(modes.values()))["energy"]["constants"]
     console.print(table(f"Operations per sample (SNN: spikes × fan-out, E_AC = {c['e_ac_pj']} pJ each)",
                         ["layer", "ANN MACs"] + [f"T={t}" for t in Ts],
-                        [[label(r["name"] + (" *" if r["analog_input"] else ""), r["kind"], mode), _si(r["macs"])]
+                        [[label(r["name"] + (" †" if r.get("dense") else " *" if r["analog_input"] else ""),
+                                r["kind"], mode), _si(r["macs"])]
                          + [_si(v) for v in (r["snn_macs"] if r["analog_input"] else r["sops"])]
                          for mode, r in layers]))
-    if any(r["analog_input"] for _, r in layers):
+    if any(r.get("dense") for _, r in layers):
+        console.print("[dim]† product of two spiking values (attention): computed on running sums at every step, "
+                      f"so its MACs count at every step (T × MACs) at E_MAC = {c['e_mac_pj']} pJ.[/]")
+    if any(r["analog_input"] and not r.get("dense") for _, r in layers):
         console.print(f"[dim]* analog input (direct encoding): no spikes, so its MACs run at every step the input is "
                       f"fed (T × MACs; min(T, L) × MACs in exact mode) at E_MAC = {c['e_mac_pj']} pJ.[/]")
 
@@ -148,10 +161,10 @@ def render_eval(result: dict) -> None:
                    "rates and operation counts still from the reference).")
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="onnxruntime provider for --backend onnx.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH), default=256, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N test samples.")
-@click.option("--e-mac", type=click.FloatRange(min=0), default=4.6, show_default=True, help="Energy of one MAC (pJ).")
-@click.option("--e-ac", type=click.FloatRange(min=0), default=0.9, show_default=True, help="Energy of one AC (pJ).")
+@click.option("--e-mac", type=FiniteFloat(min=0), default=4.6, show_default=True, help="Energy of one MAC (pJ).")
+@click.option("--e-ac", type=FiniteFloat(min=0), default=0.9, show_default=True, help="Energy of one AC (pJ).")
 @click.option("--analog-once", is_flag=True,
               help="Count the analog-input layer's MACs once instead of at every step (T × MACs).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -161,9 +174,11 @@ def render_eval(result: dict) -> None:
               help="Where to write the run record (default $ANN2SNN_RUNS or ./runs).")
 @click.option("--no-record", is_flag=True, help="Do not write a run record.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --plot file.")
+@normalize_option
 @model_options
+@method_options
 def eval_cmd(model, data_spec, Ts, mode, backend, provider, batch_size, limit, e_mac, e_ac, analog_once, plot, as_json,
-             runs_dir, no_record, force, trust_pickle, arch, arch_module):
+             runs_dir, no_record, force, normalize, trust_pickle, arch, arch_kwargs, arch_module, methods):
     """Accuracy of the QANN MODEL and of its SNN at every T, from one simulation per --mode; prediction agreement
     with the QANN; the fraction of samples whose SNN logits equal the QANN's and the step from which they all do;
     firing rate per neuron layer; ANN MACs vs SNN synaptic operations and the energy ratio.
@@ -176,22 +191,34 @@ def eval_cmd(model, data_spec, Ts, mode, backend, provider, batch_size, limit, e
     encoding) costs T x its MACs (E_MAC each). Energy ratio: E_SNN / E_ANN.
     Definitions: docs/metrics.md.
 
+    The test images are preprocessed as the model file records (files
+    from ann2snn train / prepare do); for others, say it with --normalize.
+
     Example: ann2snn eval digits.pt --mode rate,exact --T 1,2,4,8,16,32 --plot acc.png
     """
-    from ann2snn.data import load_dataset
+    from ann2snn.data import load_dataset_for
     from ann2snn.energy import EnergyModel
-    from ann2snn.errors import Ann2SnnError
     from ann2snn.evaluate import evaluate, parse_modes, parse_ts
+    from ann2snn.files import check_writable
     from ann2snn.inspect import inspect_thresholds
     from ann2snn.plots import plot_eval
+    from ann2snn.runs import check_runs_dir
 
     T_list = parse_ts(Ts)
     modes = parse_modes(mode)
-    if plot is not None and plot.exists() and not force:
-        raise Ann2SnnError(f"{plot} already exists; pass --force to overwrite it")
+    if plot is not None:
+        check_writable(plot, force=force)
+    if methods.active:  # the seed's other methods beside the plain conversion (ann2snn.methods): fail early
+        methods.methods(), methods.noise_spec()
+        if methods.noise_plot is not None:
+            check_writable(methods.noise_plot, force=force)
+    if not no_record:
+        check_runs_dir(runs_dir)
     check_data_spec(data_spec)
-    qann = load_model_pair(model, trust_pickle, arch, arch_module)
-    data = load_dataset(data_spec)
+    qann = load_model_pair(model, trust_pickle, arch, arch_module, arch_kwargs)
+    pre = resolve_preprocessing(qann, normalize, data_spec, model_path=model)
+    data = load_dataset_for(data_spec, pre)
+    check_input(qann, data.x_test[:2], f"dataset {data_spec!r}")
     energy = EnergyModel(e_mac_pj=e_mac, e_ac_pj=e_ac, analog_per_step=not analog_once)
     n = min(limit or len(data.y_test), len(data.y_test))
     run = dict(convention=modes, batch_size=batch_size, limit=limit, energy=energy, backend=backend,
@@ -206,7 +233,16 @@ def eval_cmd(model, data_spec, Ts, mode, backend, provider, batch_size, limit, e
             task = bar.add_task(f"QANN + SNN {'+'.join(modes)} (T={max(T_list)})", total=n)
             result = evaluate(qann, data, T_list, **run, progress=lambda done: bar.update(task, completed=done))
     result["model"] = str(model)
+    result["preprocessing"] = pre.to_json() if pre is not None else None
     result["thresholds"] = inspect_thresholds(qann)
+    if methods.active:
+        result["methods_comparison"] = run_comparison(qann, data, T_list, methods, batch_size=batch_size,
+                                                      limit=limit, energy=energy)
+        if methods.noise_plot is not None:
+            from ann2snn.files import atomic_write
+            from ann2snn.plots import plot_noise
+
+            atomic_write(methods.noise_plot, lambda tmp: plot_noise(result["methods_comparison"], tmp), force=force)
     if plot is not None:
         from ann2snn.files import atomic_write
 
@@ -216,7 +252,8 @@ def eval_cmd(model, data_spec, Ts, mode, backend, provider, batch_size, limit, e
 
         config = {"model": str(model), "data": data_spec, "T": T_list, "mode": modes, "backend": backend,
                   "provider": provider, "batch_size": batch_size, "limit": limit,
-                  "energy": {"e_mac_pj": e_mac, "e_ac_pj": e_ac, "analog_per_step": not analog_once}}
+                  "energy": {"e_mac_pj": e_mac, "e_ac_pj": e_ac, "analog_per_step": not analog_once},
+                  **({"methods": methods.to_json()} if methods.active else {})}
         rec = write_record("eval", config=config, metrics=result, inputs=[model], outputs=[plot] if plot else [],
                            directory=runs_dir)
         result["record"] = str(rec)
@@ -224,7 +261,11 @@ def eval_cmd(model, data_spec, Ts, mode, backend, provider, batch_size, limit, e
         print_json(result)
         return
     render_eval(result)
+    if methods.active:
+        render_comparison(result["methods_comparison"], console, table)
+        if methods.noise_plot is not None:
+            console.print(f"wrote [bold]{esc(methods.noise_plot)}[/]", highlight=False)
     if plot is not None:
-        console.print(f"wrote [bold]{plot}[/]", highlight=False)
+        console.print(f"wrote [bold]{esc(plot)}[/]", highlight=False)
     if not no_record:
-        console.print(f"run record: {result['record']}", highlight=False)
+        console.print(f"run record: {esc(result['record'])}", highlight=False)

@@ -35,7 +35,8 @@ def _natural(name: str):
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @click.option("--arch-module", default=None, metavar="MODULE",
-              help="Import this module (dotted name or .py) first, to list custom architectures too.")
+              help="Import this Python module (dotted name or .py file) first, to list custom architectures too. "
+                   "This RUNS the module's code: name only modules you trust.")
 def models_cmd(as_json, arch_module):
     """List the architectures `ann2snn train --arch` and model files can name.
 
@@ -51,6 +52,7 @@ def models_cmd(as_json, arch_module):
         print_json(rows)
         return
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title="ann2snn model zoo", title_justify="left")
     t.add_column("name")
@@ -58,5 +60,6 @@ def models_cmd(as_json, arch_module):
     t.add_column("parameters", justify="right")
     t.add_column("description")
     for r in rows:
-        t.add_row(r["name"], "×".join(map(str, r["input_shape"])), f"{r['parameters']:,}", r["description"])
+        t.add_row(Text(r["name"]), "×".join(map(str, r["input_shape"])), f"{r['parameters']:,}",
+                  Text(r["description"]))  # user-registered names and docstrings print literally
     console.print(t)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ann2snn.cli.common import console
+from ann2snn.cli.common import console, err_console, esc
 
 
 @click.command("report")
@@ -24,9 +24,26 @@ def report_cmd(runs, output, directory, title, no_images, force):
 
     Example: ann2snn report 3f2a1c 9b0d4e -o report.html
     """
-    from ann2snn.report import write_report
+    from ann2snn.errors import Ann2SnnError
+    from ann2snn.files import check_writable
+    from ann2snn.report import render_html, write_report
     from ann2snn.runs import list_records, read_record
 
-    records = [read_record(r, directory) for r in runs] if runs else list_records(directory)
-    path = write_report(records, output, title=title, force=force, images=not no_images)
-    console.print(f"wrote [bold]{path}[/] ({len(records)} run(s))", highlight=False)
+    check_writable(output, force=force)
+    skipped: list = []
+    records = [read_record(r, directory) for r in runs] if runs else list_records(directory, skipped=skipped)
+    usable = []
+    for rec in records:  # a record whose metrics are not what its kind writes must not sink the page
+        try:
+            render_html([rec], title=title, images=False)
+        except Exception as exc:
+            if runs:
+                raise Ann2SnnError(f"run record {rec.get('id')!r} cannot be rendered ({type(exc).__name__}: {exc}); "
+                                   "it was edited or not written by this ann2snn") from None
+            skipped.append((Path(f"{rec.get('id')}.json"), f"cannot be rendered ({type(exc).__name__})"))
+            continue
+        usable.append(rec)
+    path = write_report(usable, output, title=title, force=force, images=not no_images)
+    for p, why in skipped:
+        err_console.print(f"skipped {p.name}: {why}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote [bold]{esc(path)}[/] ({len(usable)} run(s))", highlight=False)

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ann2snn.cli.common import console, parse_int_list, print_json, table
+from ann2snn.cli.common import _parse_arch_kwargs, console, esc, parse_int_list, print_json, table
 
 
 def _is_main() -> bool:
@@ -18,8 +18,11 @@ def _is_main() -> bool:
 @click.option("--data", "data", default="digits", show_default=True, metavar="SPEC",
               help="digits, mnist[:DIR], cifar10:DIR or cifar100:DIR.")
 @click.option("--levels", "-L", type=int, default=4, show_default=True, help="QCFS quantization levels L.")
-@click.option("--granularity", type=click.Choice(["layer", "channel", "neuron"]), default="layer", show_default=True,
-              help="One threshold per layer, per channel or per neuron (with --two-stage: the stage-2 granularity).")
+@click.option("--granularity", type=click.Choice(["layer", "channel", "neuron", "head", "head-neuron"]),
+              default="layer", show_default=True,
+              help="One threshold per layer, per channel or per neuron; transformers: per head on attention (head), "
+                   "per neuron elsewhere (neuron) or both (head-neuron, HN-QCFS). With --two-stage: the stage-2 "
+                   "granularity.")
 @click.option("--softplus/--no-softplus", default=True, show_default=True, help="θ = Softplus(λ) keeps thresholds > 0.")
 @click.option("--init-threshold", type=float, default=2.0, show_default=True, help="Initial QCFS threshold θ.")
 @click.option("--act", type=click.Choice(["qcfs", "relu", "signed", "leaky"]), default="qcfs", show_default=True,
@@ -30,11 +33,21 @@ def _is_main() -> bool:
 @click.option("--learn-negative", is_flag=True,
               help="--act signed: learn θ_n (starting at α·θ_p) instead of keeping θ_n = α·θ_p; with --from-ann, "
                    "the prepared LeakyReLU layers learn it.")
-@click.option("--epochs", type=int, default=None, help="Epochs (default 10; with --two-stage, E1+E2).")
+@click.option("--epochs", type=int, default=None,
+              help="Epochs, at least 1 (default 10; with --two-stage, E1+E2).")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Per process.")
-@click.option("--lr", type=float, default=None, help="Learning rate (default: 2e-3 for adam, 0.1 for sgd).")
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
-@click.option("--weight-decay", type=float, default=None, help="Default: 0 for adam, 5e-4 for sgd.")
+@click.option("--lr", type=float, default=None,
+              help="Learning rate (default: 2e-3 for adam and adamw, 0.1 for sgd).")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default=None,
+              help="Default: adamw for transformers, adam otherwise.")
+@click.option("--weight-decay", type=float, default=None,
+              help="Default: 0 for adam, 0.05 for adamw (weight matrices only), 5e-4 for sgd.")
+@click.option("--warmup", type=float, default=None, metavar="EPOCHS",
+              help="Linear learning-rate warmup before the cosine (default: 1 epoch for transformers, at most a "
+                   "tenth of a stage; 0 otherwise).")
+@click.option("--arch-kwargs", default=None, metavar="JSON", callback=_parse_arch_kwargs,
+              help="Keyword arguments of --arch as a JSON object, e.g. '{\"patch\": 4, \"norm\": \"bn\"}' (see "
+                   "`ann2snn models`); the QCFS options come from their own flags.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--two-stage", default=None, metavar="E1,E2",
               help="CS-QCFS: E1 epochs layer-wise, then E2 epochs channel-wise starting from the stage-1 thresholds.")
@@ -48,8 +61,8 @@ def _is_main() -> bool:
 @click.option("--force", is_flag=True, help="Overwrite existing checkpoints.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final metrics as JSON.")
 def train_cmd(arch, data, levels, granularity, softplus, init_threshold, act, alpha, learn_negative, epochs,
-              batch_size, lr, optimizer, weight_decay, seed, two_stage, from_ann, resume, output, augment, device,
-              force, as_json):
+              batch_size, lr, optimizer, weight_decay, warmup, arch_kwargs, seed, two_stage, from_ann, resume, output,
+              augment, device, force, as_json):
     """Train a QANN on digits, MNIST or CIFAR and write checkpoints in the ann2snn format plus a run record.
 
     Multi-GPU / multi-node: `torchrun --nproc_per_node N -m ann2snn train ...` runs DistributedDataParallel
@@ -59,6 +72,9 @@ def train_cmd(arch, data, levels, granularity, softplus, init_threshold, act, al
 
     Signed: ann2snn train --arch mnist-convnet --data mnist --act signed --alpha 0.1 (or --act leaky, then
     `ann2snn prepare`).
+
+    Transformers: ann2snn train --arch vit-tiny --data mnist --granularity head-neuron (HN-QCFS; AdamW with
+    warmup by default; --two-stage E1,E2 trains layer-wise θ first).
     """
     from ann2snn.errors import Ann2SnnError
     from ann2snn.train import TrainConfig, train
@@ -71,11 +87,15 @@ def train_cmd(arch, data, levels, granularity, softplus, init_threshold, act, al
         if epochs is not None and epochs != sum(stages):
             raise Ann2SnnError(f"--epochs {epochs} disagrees with --two-stage {two_stage} ({sum(stages)} epochs); "
                                "drop --epochs")
+    if output is not None:  # a typo in -o fails now, not after the first epoch
+        from ann2snn.files import check_writable
+
+        check_writable(output, force=True)
     cfg = TrainConfig(arch=arch, data=data, levels=levels, granularity=granularity, softplus=softplus,
-                      init_threshold=init_threshold, act=act, alpha=alpha,
-                      learn_negative=learn_negative, epochs=epochs or 10, batch_size=batch_size,
-                      lr=lr if lr is not None else (2e-3 if optimizer == "adam" else 0.1), optimizer=optimizer,
-                      weight_decay=weight_decay, seed=seed, two_stage=stages, from_ann=from_ann, resume=resume,
+                      init_threshold=init_threshold, act=act, alpha=alpha, learn_negative=learn_negative,
+                      arch_kwargs=arch_kwargs or {}, epochs=epochs if epochs is not None else 10,
+                      batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, warmup=warmup,
+                      seed=seed, two_stage=stages, from_ann=from_ann, resume=resume,
                       output=output, force=force, augment=augment, device=device)
     main = _is_main()
     if as_json or not main:
@@ -93,8 +113,8 @@ def train_cmd(arch, data, levels, granularity, softplus, init_threshold, act, al
         return
     console.print(f"test accuracy {m['test_accuracy']:.2%} (best {m['best_test_accuracy']:.2%}) after {m['epochs']} "
                   f"epochs in {m['seconds']:.0f} s on {m['world_size']} × {m['device']}", highlight=False)
-    console.print(f"wrote [bold]{result.best_path}[/] (best), {result.last_path} (last), run record "
-                  f"{result.record_path}", highlight=False)
+    console.print(f"wrote [bold]{esc(result.best_path)}[/] (best), {esc(result.last_path)} (last), run record "
+                  f"{esc(result.record_path)}", highlight=False)
 
 
 def _train_with_progress(cfg, train):

@@ -67,19 +67,18 @@ def output_paths(path: str | os.PathLike, fmt: str) -> dict[str, Path]:
 
 
 def _write_onnx(model_bytes: bytes):
-    def write(tmp: str) -> None:
-        import onnx
-
+    def write(tmp: str) -> None:  # the bytes were checked (onnx.checker) before they got here
         with open(tmp, "wb") as f:
             f.write(model_bytes)
-        onnx.checker.check_model(tmp)
+        if os.path.getsize(tmp) != len(model_bytes):
+            raise CheckpointError(f"{tmp}: wrote {os.path.getsize(tmp)} of {len(model_bytes)} bytes; disk full?")
 
     return write
 
 
 def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None = None, encoding: str = "direct",
            verify: bool = True, force: bool = False, provider: str = "cpu", verify_input=None,
-           verify_batch: int = 16, nir=None) -> ExportResult:
+           verify_batch: int | None = None, nir=None) -> ExportResult:
     """Export ``snn`` to ONNX (or NIR), verify it against the simulator, and write the files atomically.
 
     Args:
@@ -93,7 +92,9 @@ def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None 
         verify: check first (ONNX: on onnxruntime; NIR: run by nirtorch with NIR semantics); on a mismatch raise
             :class:`VerificationError` and write nothing.
         force: replace existing files. provider: onnxruntime provider for verification.
-        verify_input: the batch to verify on (default: 16 seeded uniform images).
+        verify_input: the batch to verify on (default: ``verify_batch`` seeded uniform images).
+        verify_batch: how many (default: 16, fewer for a large network, at least 2 — each graph is compared operator
+            by operator, :func:`~ann2snn.exporters.verify.default_batch`; NIR: 16).
         nir: NIR only, :class:`~ann2snn.exporters.nir.NirOptions` or a dict of its fields: ``neuron`` ``"if"``
             (``nir.IF``; not exact, refused unless ``approximate=True``, then the differences are recorded in the file
             and the sidecar) or ``"integrator"`` (exact); ``pool`` ``"avg"`` or ``"sum"``.
@@ -105,14 +106,17 @@ def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None 
     if format not in FORMATS:
         raise Ann2SnnError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     T = snn.T if T is None else T
-    if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
-        raise Ann2SnnError(f"T must be a positive number of time steps, got {T!r}")
+    from ann2snn.limits import steps_error
+
+    if steps_error(T):
+        raise Ann2SnnError(steps_error(T))
     if format == "nir":
         from ann2snn.exporters.nir import export_nir
 
         paths = output_paths(path, format)
         report, seconds = export_nir(snn, paths["nir"], paths["sidecar"], options=nir, T=T, verify=verify, force=force,
-                                     encoding=encoding, verify_input=verify_input, verify_batch=verify_batch)
+                                     encoding=encoding, verify_input=verify_input,
+                                     verify_batch=16 if verify_batch is None else verify_batch)
         return ExportResult(files={"nir": paths["nir"]}, sidecar=paths["sidecar"], verification=report,
                             seconds=seconds)
     if nir is not None:
@@ -124,14 +128,17 @@ def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None 
                 raise CheckpointError(f"{p} already exists; pass --force (force=True) to overwrite it")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    built, probe, specs = _build(snn, paths, T=T, encoding=encoding, probes=verify)
+    models, specs, shapes = _build(snn, paths, T=T, encoding=encoding, probes=verify)
     seconds["build"] = time.perf_counter() - t0
     report: dict[str, Any] = {}
     if verify:
         t0 = time.perf_counter()
-        report = _verify(snn, built, probe, T=T, encoding=encoding, provider=provider, x=verify_input,
-                         batch=verify_batch)
+        report = _verify(snn, models, T=T, encoding=encoding, provider=provider, x=verify_input, batch=verify_batch,
+                         shapes=shapes)
         seconds["verify"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    built = _finish(models, stripped=verify)
+    seconds["serialize"] = time.perf_counter() - t0
     states = [s if isinstance(s, StateSpec) else StateSpec.from_json(s) for s in specs or ()]
     meta = ModelMetadata.for_network(snn, T=T, format=FORMAT_STATEFUL if specs is not None else FORMAT_UNROLLED,
                                      encoding=encoding, states=states)
@@ -142,35 +149,56 @@ def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None 
 
 
 def _build(snn, paths: dict[str, Path], *, T: int, encoding: str, probes: bool):
-    """The serialized graphs per format, the unrolled probe twin (when ``probes``) and the stateful specs."""
+    """``(models, stateful specs, node shapes)``: each format's graph (``onnx.ModelProto``), built once — with the
+    verification probes when ``probes``, stripped again before writing (:func:`_finish`) — from shapes computed
+    once for both."""
+    from ann2snn.exporters.common import node_shapes
     from ann2snn.exporters.onnx_stateful import build_stateful
     from ann2snn.exporters.onnx_unrolled import build_unrolled
 
-    built: dict[str, bytes] = {}
-    probe = specs = None
+    shapes = node_shapes(snn.graph_module, snn.input_shape)
+    models: dict[str, Any] = {}
+    specs = None
     if FORMAT_UNROLLED in paths:
-        built[FORMAT_UNROLLED] = build_unrolled(snn, T=T, encoding=encoding).SerializeToString()
-        if probes:
-            probe = build_unrolled(snn, T=T, encoding=encoding, probes=True).SerializeToString()
+        models[FORMAT_UNROLLED] = build_unrolled(snn, T=T, encoding=encoding, probes=probes, shapes=shapes)
     if FORMAT_STATEFUL in paths:
-        model, specs = build_stateful(snn, T=T, encoding=encoding)
-        built[FORMAT_STATEFUL] = model.SerializeToString()
-    return built, probe, specs
+        models[FORMAT_STATEFUL], specs = build_stateful(snn, T=T, encoding=encoding, probes=probes, shapes=shapes)
+    return models, specs, shapes
 
 
-def _verify(snn, built: dict[str, bytes], probe, *, T: int, encoding: str, provider: str, x, batch: int):
-    """Each built graph on onnxruntime against the simulator, on one batch (raises on a mismatch)."""
+def _finish(models: dict[str, Any], *, stripped: bool) -> dict[str, bytes]:
+    """The bytes to write per format. A graph built with probes loses them (and only them, :func:`strip_probes`)
+    and is checked again; one built without was checked when it was built."""
+    import onnx
+
+    from ann2snn.exporters.verify import strip_probes
+
+    built = {}
+    for k in list(models):
+        model = models.pop(k)  # the ModelProto is dropped as soon as its bytes exist
+        data = strip_probes(model).SerializeToString() if stripped else model.SerializeToString()
+        del model
+        if stripped:
+            onnx.checker.check_model(data)
+        built[k] = data
+    return built
+
+
+def _verify(snn, models: dict[str, Any], *, T: int, encoding: str, provider: str, x, batch: int | None,
+            shapes: dict):
+    """Each graph (built with probes) on onnxruntime against the simulator, operator by operator (raises on a
+    mismatch; :mod:`~ann2snn.exporters.verify`)."""
     from ann2snn.exporters import verify as V
 
-    x = V.example_batch(snn, batch=batch, T=T, encoding=encoding) if x is None else x
-    ref = V.reference(snn, x, T, encoding=encoding)
+    if x is None:
+        batch = V.default_batch(snn, T, shapes) if batch is None else batch
+        x = V.example_batch(snn, batch=batch, T=T, encoding=encoding)
     report: dict[str, Any] = {}
-    if FORMAT_UNROLLED in built:
-        report[FORMAT_UNROLLED] = V.verify_unrolled(snn, built[FORMAT_UNROLLED], probe, T=T, encoding=encoding,
-                                                    x=x, provider=provider, ref=ref)
-    if FORMAT_STATEFUL in built:
-        report[FORMAT_STATEFUL] = V.verify_stateful(snn, built[FORMAT_STATEFUL], T=T, encoding=encoding, x=x,
-                                                    provider=provider, ref=ref)
+    check = {FORMAT_UNROLLED: V.verify_unrolled, FORMAT_STATEFUL: V.verify_stateful}
+    for k, model in models.items():
+        data = model.SerializeToString()
+        report[k] = check[k](snn, data, T=T, encoding=encoding, x=x, provider=provider, shapes=shapes)
+        del data
     return report
 
 

@@ -209,20 +209,28 @@ def _pool(em, node, m, xs, k, shapes):
             out = shapes[node][1:]
             if all(o == 1 for o in out):
                 return em.op("GlobalAveragePool", [xs[0]])
-            if any(i % o for i, o in zip(in_shape[1:], out)):
-                raise UnsupportedNodeError(node, "adaptive pooling to a size that does not divide the input is "
-                                           "not exported; use AvgPool2d or pool to 1")
-            ks = [i // o for i, o in zip(in_shape[1:], out)]
-            return em.op("AveragePool", [xs[0]], {"kernel_shape": ks, "strides": ks})
+            if not any(i % o for i, o in zip(in_shape[1:], out)):
+                ks = [i // o for i, o in zip(in_shape[1:], out)]
+                return em.op("AveragePool", [xs[0]], {"kernel_shape": ks, "strides": ks})
         if isinstance(m, (nn.AvgPool2d, nn.AvgPool1d)):
-            if getattr(m, "divisor_override", None):
-                raise UnsupportedNodeError(node, "avg-pool divisor_override is not exported; remove it")
             nd = 1 if isinstance(m, nn.AvgPool1d) else 2
-            ks = _pair(m.kernel_size, nd)
-            return em.op("AveragePool", [xs[0]], {
-                "kernel_shape": ks, "strides": _pair(m.stride if m.stride is not None else m.kernel_size, nd),
-                "pads": _pair(m.padding, nd) * 2, "ceil_mode": int(m.ceil_mode),
-                "count_include_pad": int(m.count_include_pad)})
+            ks, pads = _pair(m.kernel_size, nd), _pair(m.padding, nd)
+            strides = _pair(m.stride if m.stride is not None else m.kernel_size, nd)
+            # ONNX's ceil_mode keeps a last window that starts in the padding, PyTorch drops it
+            onnx_out = [-(-(i + 2 * p - k) // s) + 1 if m.ceil_mode else (i + 2 * p - k) // s + 1
+                        for i, k, s, p in zip(in_shape[1:], ks, strides, pads)]
+            if not getattr(m, "divisor_override", None) and onnx_out == list(shapes[node][1:]):
+                return em.op("AveragePool", [xs[0]], {
+                    "kernel_shape": ks, "strides": strides, "pads": pads * 2, "ceil_mode": int(m.ceil_mode),
+                    "count_include_pad": int(m.count_include_pad)})
+        if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool2d, nn.AvgPool1d)):
+            # what AveragePool cannot say (adaptive windows of unequal sizes, divisor_override, PyTorch's ceil_mode)
+            # is still a fixed linear map of each channel's positions: one MatMul by the pooling of the identity basis
+            n_in, out = int(np.prod(in_shape[1:])), shapes[node]
+            mat = m(torch.eye(n_in).reshape(n_in, 1, *in_shape[1:])).reshape(n_in, -1)
+            flat = em.op("Reshape", [xs[0], em.const(np.array([0, in_shape[0], n_in], dtype=np.int64))])
+            y = em.op("MatMul", [flat, em.const(mat, key=(id(m), "pool"), hint="pool")])
+            return em.op("Reshape", [y, em.const(np.array([0, *out], dtype=np.int64))])
     if node.target in (torch.mean, "mean"):
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
@@ -263,11 +271,34 @@ def _identity(em, node, m, xs, k, shapes):
     return xs[0]
 
 
+#: layout ops that only permute dims: emitted as one Transpose
+_PERMUTES = {torch.permute, torch.transpose, torch.swapaxes, torch.movedim, "permute", "transpose", "swapaxes",
+             "movedim"}
+
+
+def _permutation(node, rank: int) -> list[int] | None:
+    """The dim permutation of a permute-like node, read off a probe whose dims all have different sizes."""
+    from ann2snn.ops.graph import apply_node
+
+    if node.target not in _PERMUTES:
+        return None
+    sizes = tuple(range(1, rank + 1))  # batch 1, then 2, 3, ...: a size names its input dim
+    try:
+        out = apply_node(node, torch.empty(sizes))
+    except (ValueError, RuntimeError, TypeError):
+        return None
+    return [int(s) - 1 for s in out.shape]
+
+
 def _layout(em, node, m, xs, k, shapes):
-    """A layout op (moves elements only) as one Gather over the flattened sample, its indices found by running the
-    op on ``arange`` (:func:`ann2snn.ops.graph.index_map`); a plain Reshape when the order does not change."""
+    """A layout op (moves elements only): a Transpose when it permutes dims; otherwise one Gather over the flattened
+    sample, its indices found by running the op on ``arange`` (:func:`ann2snn.ops.graph.index_map`); a plain
+    Reshape when the order does not change."""
     from ann2snn.ops.graph import index_map
 
+    perm = _permutation(node, len(shapes[node.args[0]]) + 1)
+    if perm is not None:
+        return em.op("Transpose", [xs[0]], {"perm": perm})
     key = (id(node), "index_map")
     out = shapes[node]
     target = em.const(np.array([0, *out], dtype=np.int64), key=(key, "shape"))
@@ -617,3 +648,69 @@ def check_graph_module(gm: fx.GraphModule) -> None:
     if len(outs) != 1 or not isinstance(outs[0].args[0], fx.Node):
         raise Ann2SnnError("the spiking graph must return a single tensor to be exported to ONNX")
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the multi-bit neuron (ann2snn.methods): up to D spikes a step, optional spike budget and calibrated offsets
+
+
+def _multibit_check(m) -> None:
+    if getattr(m, "pre_steps", 0):
+        raise Ann2SnnError(f"SRP's pre-run of {m.pre_steps} steps (a reset and a mask between two runs) has no ONNX "
+                           "form; export the network without SRP (ann2snn.methods.calibrate.apply_srp)")
+
+
+def _multibit_initial(em: Emitter, m):
+    """``φ + δ``: the initial membrane in threshold units (a scalar unless COS calibrated it per neuron)."""
+    if m.offset.numel() == 1:
+        return em.scalar(m.shift + float(m.offset))
+    return em.const(m.offset + m.shift, key=(id(m), "v0"), hint="v0")
+
+
+def _multibit_unrolled(em: Emitter, m, xs, T: int, *, shifted: bool = False, schedule: TimeSchedule = RATE):
+    """Multi-bit neuron over T steps on accumulated inputs ``X_t``; returns accumulated outputs ``θ·C_t``.
+
+    ``C_t = C_{t−1} + clip(floor(φ + δ + X_t/θ − C_{t−1}), 0, D)``, capped at the budget ``levels·⌈t/period⌉`` when
+    there is one: the membrane rule of :class:`~ann2snn.neurons.MultiBitNeuron` written on accumulated values. A
+    time-invariant input is accumulated as ``N(t)·x`` (no closed form: the offsets may lie outside ``[0, 1)``)."""
+    _multibit_check(m)
+    (x,) = xs
+    inv = em.const(1.0 / m.threshold, key=(id(m), "inv"), hint="inv_theta")
+    v0 = _multibit_initial(em, m)
+    D = em.scalar(float(m.max_spikes))
+    counts, c = [], None
+    for t in range(1, T + 1):
+        if isinstance(x, list):
+            X = x[t - 1]
+        else:
+            n = float(schedule.steps_counted(t))
+            X = x if n == 1.0 else em.op("Mul", [x, em.scalar(n)])
+        u = em.op("Add", [em.op("Mul", [X, inv]), v0])
+        s = em.op("Clip", [em.op("Floor", [u if c is None else em.op("Sub", [u, c])]), em.scalar(0.0), D])
+        c = s if c is None else em.op("Add", [c, s])
+        if m.levels is not None:
+            c = em.op("Min", [c, em.scalar(float(m.levels * -(-t // m.period)))])
+        counts.append(c)
+    theta = em.const(m.threshold, key=(id(m), "theta"), hint="theta")
+    return [em.op("Mul", [c, theta]) for c in counts]
+
+
+def _multibit_step(em: Emitter, m, xs, states):
+    """One step: ``v += x``; ``s = clip(floor(v/θ), 0, D)`` (within the budget); ``v −= s·θ``."""
+    _multibit_check(m)
+    (x,) = xs
+    v, n = em.op("Add", [states[0], x]), states[1]
+    inv = em.const(1.0 / m.threshold, key=(id(m), "inv"), hint="inv_theta")
+    s = em.op("Clip", [em.op("Floor", [em.op("Mul", [v, inv])]), em.scalar(0.0), em.scalar(float(m.max_spikes))])
+    rest = []
+    if m.levels is not None:
+        steps = em.op("Add", [states[2], em.scalar(1.0)])
+        budget = em.op("Mul", [em.op("Ceil", [em.op("Div", [steps, em.scalar(float(m.period))])]),
+                               em.scalar(float(m.levels))])
+        s = em.op("Min", [s, em.op("Sub", [budget, n])])
+        rest = [steps]
+    out = em.op("Mul", [s, em.const(m.threshold, key=(id(m), "theta"), hint="theta")])
+    return out, [em.op("Sub", [v, out]), em.op("Add", [n, s]), *rest]
+
+
+STATEFUL["multibit"] = StatefulBuilder(unrolled=_multibit_unrolled, step=_multibit_step)

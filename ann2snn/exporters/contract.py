@@ -16,6 +16,11 @@ Graphs (batch axis dynamic and named ``batch``, T fixed):
 Every file carries :class:`ModelMetadata` in its ``metadata_props`` (:meth:`ModelMetadata.to_props`, read back
 with :func:`read_metadata`); the sidecar JSON written beside the files is :func:`build_sidecar`.
 
+The graph's input is what the QANN was trained on, *not* raw pixels: :data:`META_PREPROCESSING` (and the sidecar's
+``"preprocessing"``) records how to make it from an image (``x = pixels / pixel_max``, then ``(x − mean) / std`` per
+channel), or ``null`` when the model file did not record it. It is metadata, not part of the graph: verification
+compares the graph with the simulator on the same inputs, and a consumer applies it before feeding ``input``.
+
 Examples:
     >>> meta = read_metadata("model.snn.step.onnx")
     >>> meta.format, meta.T, meta.convention, [s.input for s in meta.states]
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ann2snn._version import __version__
+from ann2snn.data import Preprocessing
 from ann2snn.errors import Ann2SnnError
 from ann2snn.simulator import CONVENTIONS, TimeSchedule
 
@@ -39,7 +45,7 @@ __all__ = [
     "SCHEDULE_MODULE", "SCHEDULE_STATE", "SCHEDULE_KIND",
     "FORMAT_UNROLLED", "FORMAT_STATEFUL", "ONNX_FORMATS", "ENCODINGS", "CONVENTIONS",
     "META_VERSION", "META_T", "META_FORMAT", "META_ENCODING", "META_SHIFT", "META_NEURON_KINDS", "META_INPUT_SHAPE",
-    "META_ARCH", "META_STATES", "META_CONVENTION", "META_SCHEDULE_LENGTH", "METADATA_KEYS",
+    "META_ARCH", "META_STATES", "META_CONVENTION", "META_SCHEDULE_LENGTH", "META_PREPROCESSING", "METADATA_KEYS",
     "SIDECAR_FORMAT", "SIDECAR_VERSION",
     "state_input_name", "state_output_name", "probe_name", "readout_counts",
     "StateSpec", "ModelMetadata", "read_metadata", "build_sidecar",
@@ -81,11 +87,14 @@ META_ARCH = "ann2snn.arch"
 META_STATES = "ann2snn.states"  # stateful files only
 META_CONVENTION = "ann2snn.convention"
 META_SCHEDULE_LENGTH = "ann2snn.schedule_length"
+#: JSON: {"pixel_max", "mean", "std", "dataset", "input_range"} (:class:`ann2snn.data.Preprocessing`), or null
+META_PREPROCESSING = "ann2snn.preprocessing"
 METADATA_KEYS = (META_VERSION, META_T, META_FORMAT, META_ENCODING, META_SHIFT, META_NEURON_KINDS, META_INPUT_SHAPE,
-                 META_ARCH, META_STATES, META_CONVENTION, META_SCHEDULE_LENGTH)
+                 META_ARCH, META_STATES, META_CONVENTION, META_SCHEDULE_LENGTH, META_PREPROCESSING)
 
 # ---------------------------------------------------------------------------------------------------------
-# the sidecar JSON. Version 2 added "convention" and "schedule_length" (version 1 files are rate networks).
+# the sidecar JSON. Version 2 added "convention" and "schedule_length" (version 1 files are rate networks), and
+# later the optional "preprocessing" (absent or null: not recorded).
 
 SIDECAR_FORMAT = "ann2snn.onnx-sidecar"
 SIDECAR_VERSION = 2
@@ -185,6 +194,7 @@ class ModelMetadata:
     schedule_length: int | None = None
     states: tuple[StateSpec, ...] = field(default=(), repr=False)
     version: str = __version__
+    preprocessing: Preprocessing | None = None
 
     def __post_init__(self) -> None:
         if self.format not in ONNX_FORMATS:
@@ -206,9 +216,11 @@ class ModelMetadata:
         """The metadata of ``snn`` (a :class:`~ann2snn.network.SpikingNetwork`) exported as ``format``."""
         info = snn.info
         shift = tuple(info.shift) if isinstance(info.shift, (list, tuple)) else info.shift
+        pre = (info.qann_payload or {}).get("preprocessing")
         return cls(format=format, T=int(T), encoding=encoding, input_shape=tuple(snn.input_shape), shift=shift,
                    neuron_kinds=tuple(info.neuron_kinds), arch=info.arch, convention=info.convention,
-                   schedule_length=info.schedule_length, states=tuple(states))
+                   schedule_length=info.schedule_length, states=tuple(states),
+                   preprocessing=Preprocessing.from_json(pre) if pre is not None else None)
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` entries (key → string)."""
@@ -223,6 +235,7 @@ class ModelMetadata:
             META_ARCH: json.dumps(self.arch),
             META_CONVENTION: self.convention,
             META_SCHEDULE_LENGTH: json.dumps(self.schedule_length),
+            META_PREPROCESSING: json.dumps(self.preprocessing.to_json() if self.preprocessing else None),
         }
         if self.format == FORMAT_STATEFUL:
             props[META_STATES] = json.dumps([s.to_json() for s in self.states])
@@ -238,6 +251,7 @@ class ModelMetadata:
         try:
             shift = json.loads(props.get(META_SHIFT, "null"))
             length = json.loads(props.get(META_SCHEDULE_LENGTH, "null"))
+            pre = json.loads(props.get(META_PREPROCESSING, "null"))
             return cls(
                 format=fmt, T=int(props[META_T]), encoding=props.get(META_ENCODING, "direct"),
                 input_shape=tuple(int(d) for d in json.loads(props[META_INPUT_SHAPE])),
@@ -248,6 +262,7 @@ class ModelMetadata:
                 schedule_length=int(length) if length is not None else None,
                 states=tuple(StateSpec.from_json(s) for s in json.loads(props.get(META_STATES, "[]"))),
                 version=props.get(META_VERSION, "unknown"),
+                preprocessing=Preprocessing.from_json(pre, where=where) if pre is not None else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise Ann2SnnError(f"{where} has incomplete or unreadable ann2snn metadata ({type(exc).__name__}: {exc}); "
@@ -287,6 +302,12 @@ def _readout_text(meta: ModelMetadata, what: str) -> str:
     return f"sum of {what} over steps 1..t divided by t (running mean)"
 
 
+def _preprocessing_json(pre: Preprocessing | None) -> dict[str, Any] | None:
+    if pre is None:
+        return None
+    return {**pre.to_json(), "text": f"how {INPUT} is made from an image: {pre.describe()}"}
+
+
 def build_sidecar(meta: ModelMetadata, *, files: Mapping[str, str],
                   verification: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The sidecar JSON (as a dict) for the files ``files`` (``{"unrolled"|"stateful": file name}``) of one export.
@@ -318,6 +339,7 @@ def build_sidecar(meta: ModelMetadata, *, files: Mapping[str, str],
         "input": {"name": INPUT, "shape": (["T"] if meta.encoding == "sequence" else []) + [BATCH, *meta.input_shape]},
         "shift": list(meta.shift) if isinstance(meta.shift, tuple) else meta.shift,
         "neuron_kinds": list(meta.neuron_kinds), "arch": meta.arch,
+        "preprocessing": _preprocessing_json(meta.preprocessing),
         "files": dict(files),
         FORMAT_UNROLLED: unrolled if FORMAT_UNROLLED in files else None,
         FORMAT_STATEFUL: stateful if FORMAT_STATEFUL in files else None,

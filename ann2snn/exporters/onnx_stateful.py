@@ -36,17 +36,18 @@ from ann2snn.exporters.contract import (
     SCHEDULE_MODULE,
     SCHEDULE_STATE,
     StateSpec,
+    probe_name,
 )
 from ann2snn.neurons import StatefulModule
 
 __all__ = ["build_stateful", "state_specs"]
 
 
-def state_specs(snn) -> list[StateSpec]:
+def state_specs(snn, shapes: dict | None = None) -> list[StateSpec]:
     """One entry per state tensor: ONNX input/output names, module, kind, per-sample shape, initial value; under
-    the exact convention also the schedule's step counter."""
+    the exact convention also the schedule's step counter. ``shapes``: :func:`node_shapes` of ``snn`` if known."""
     gm = snn.graph_module
-    shapes = node_shapes(gm, snn.input_shape)
+    shapes = node_shapes(gm, snn.input_shape) if shapes is None else shapes
     inits = initial_states(gm, shapes)
     specs = []
     for n in gm.graph.nodes:
@@ -87,18 +88,24 @@ class _Gate:
         return self.em.op("Sub", [y, self.em.op("Mul", [c, self._ranked("off", const.dim())])])
 
 
-def build_stateful(snn, *, T: int | None = None, encoding: str = "direct"):
-    """``(onnx.ModelProto, state specs)``: the one-step graph of ``snn`` and its states (see :func:`state_specs`)."""
+def build_stateful(snn, *, T: int | None = None, encoding: str = "direct", probes: bool = False,
+                   shapes: dict | None = None):
+    """``(onnx.ModelProto, state specs)``: the one-step graph of ``snn`` and its states (see :func:`state_specs`).
+
+    ``probes=True`` adds an output ``count.<module>`` per stateful operator, its output at this step, for
+    verification (the export strips them from the file it writes). ``shapes``: :func:`node_shapes` if known.
+    """
     T = snn.T if T is None else int(T)
     gm: fx.GraphModule = snn.graph_module
     check_graph_module(gm)
-    shapes = node_shapes(gm, snn.input_shape)
-    specs = state_specs(snn)
+    shapes = node_shapes(gm, snn.input_shape) if shapes is None else shapes
+    specs = state_specs(snn, shapes)
     modules = dict(gm.named_modules())
     em = Emitter("ann2snn_stateful")
     inp = em.gs.Variable(INPUT, dtype=np.float32, shape=[BATCH, *snn.input_shape])
     state_in = {s.input: em.gs.Variable(s.input, dtype=np.float32, shape=[BATCH, *s.shape]) for s in specs}
     state_out: list = []
+    probe_outs: list = []
     env: dict[fx.Node, object] = {}
     gate = None
     if snn.schedule.exact:
@@ -118,12 +125,16 @@ def build_stateful(snn, *, T: int | None = None, encoding: str = "direct"):
             xs = [env[a] for a in node.args if isinstance(a, fx.Node)]
             env[node], new = stateful_builder(node, m).step(em, m, xs, [state_in[s.input] for s in mine])
             state_out += [_state_output(em, v, s) for v, s in zip(new, mine)]
+            if probes:
+                probe = em.op("Identity", [env[node]], name=probe_name(node.target))
+                probe.shape = [BATCH, *shapes[node]]
+                probe_outs.append(probe)
         else:
             env[node] = _stateless(em, gm, node, modules, env, shapes, gate)
     logits = em.op("Identity", [env[out_node]], name=LOGITS_T)
     logits.shape = [BATCH, *shapes[out_node]]
     meta = metadata(snn, T=T, fmt=FORMAT_STATEFUL, encoding=encoding, states=specs)
-    model = em.finish([inp, *state_in.values()], [logits, *state_out], meta)
+    model = em.finish([inp, *state_in.values()], [logits, *state_out, *probe_outs], meta)
     return model, specs
 
 

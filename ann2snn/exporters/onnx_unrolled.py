@@ -106,12 +106,15 @@ def readout_tail(gm: fx.GraphModule, modules: dict, shapes: dict):
     return src, tail, J.detach(), f0.detach()
 
 
-def build_unrolled(snn, *, T: int | None = None, encoding: str = "direct", probes: bool = False):
+def build_unrolled(snn, *, T: int | None = None, encoding: str = "direct", probes: bool = False,
+                   shapes: dict | None = None):
     """The unrolled ONNX model (``onnx.ModelProto``) of ``snn`` for ``T`` steps (default ``snn.T``).
 
-    With ``probes=True`` it also outputs ``count.<module>``, each stateful operator's output summed over the T
-    steps (spike counts for IF neurons), for verification. Under the exact convention the input and every
-    constant count ``N(t) = min(t, L)`` times and the logits are the running sums divided by ``N(t)``.
+    With ``probes=True`` it also outputs ``count.<module>`` ``[T, B, ...]``, each stateful operator's output summed
+    over steps 1..t for every t (spike counts for IF neurons), for verification (the export builds this graph once
+    and strips the probes from the file it writes). ``shapes``: :func:`~ann2snn.exporters.common.node_shapes` of
+    ``snn``, when the caller has them. Under the exact convention the input and every constant count
+    ``N(t) = min(t, L)`` times and the logits are the running sums divided by ``N(t)``.
     """
     T = snn.T if T is None else int(T)
     if T <= 0:
@@ -119,17 +122,17 @@ def build_unrolled(snn, *, T: int | None = None, encoding: str = "direct", probe
     if encoding not in ENCODINGS:
         raise Ann2SnnError(f"encoding must be 'direct' or 'sequence', got {encoding!r}")
     check_graph_module(snn.graph_module)
-    return _Unroller(snn, T, encoding, probes).build()
+    return _Unroller(snn, T, encoding, probes, shapes).build()
 
 
 class _Unroller:
     """One unrolled emission: ``env`` maps each fx node to a static variable or a list of T accumulated ones."""
 
-    def __init__(self, snn, T: int, encoding: str, probes: bool) -> None:
+    def __init__(self, snn, T: int, encoding: str, probes: bool, shapes: dict | None = None) -> None:
         self.snn, self.T, self.encoding, self.probes = snn, T, encoding, probes
         self.n_of = snn.schedule.steps_counted  # N(t): injected steps a value has accumulated by step t
         self.gm: fx.GraphModule = snn.graph_module
-        self.shapes = node_shapes(self.gm, snn.input_shape)
+        self.shapes = node_shapes(self.gm, snn.input_shape) if shapes is None else shapes
         self.modules = dict(self.gm.named_modules())
         self.em = Emitter("ann2snn_unrolled")
         batch_shape = [BATCH, *snn.input_shape] if encoding == "direct" else [T, BATCH, *snn.input_shape]
@@ -224,10 +227,11 @@ class _Unroller:
         v = stateful_builder(node, m).unrolled(self.em, m, xs, self.T, shifted=node.args[0] in self.shifted,
                                                schedule=self.snn.schedule)
         self.env[node] = v
-        if self.probes:
-            total = v[-1] if isinstance(v, list) else self.em.op("Mul", [v, self.em.scalar(float(self.n_of(self.T)))])
-            probe = self.em.op("Identity", [total], name=probe_name(node.target))
-            probe.shape = [BATCH, *self.shapes[node]]
+        if self.probes:  # the accumulated output after every step, [T, B, ...]
+            axes = self.em.const(np.array([0], dtype=np.int64))
+            steps = [self.em.op("Unsqueeze", [self.at_step(node, t), axes]) for t in range(1, self.T + 1)]
+            probe = self.em.op("Concat", steps, {"axis": 0}, name=probe_name(node.target))
+            probe.shape = [self.T, BATCH, *self.shapes[node]]
             self.probe_outs.append(probe)
 
     def _folded_readout(self, folded, K: list[int]):

@@ -56,21 +56,72 @@ def create(name: str, **kwargs) -> nn.Module:
 
 
 def import_arch_module(spec: str) -> None:
-    """Import a user module (dotted name or ``.py`` path) whose ``register`` calls add architectures."""
+    """Import a user module (dotted name or ``.py`` path) whose ``register`` calls add architectures.
+
+    This runs the module's code, as ``import`` does: name only modules you trust. A ``.py`` file goes into
+    ``sys.modules`` under its own name only while that name is free (not imported, not importable from elsewhere),
+    so a file ``json.py`` never replaces the standard ``json``; otherwise under a private name. A missing module, a
+    syntax error or an exception while it runs is a one-line error.
+    """
     try:
         if spec.endswith(".py"):
             path = Path(spec)
             if not path.is_file():
                 raise Ann2SnnError(f"architecture module {spec!r} does not exist")
-            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+            name = _user_module_name(path)
+            mod_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(mod_spec)
-            sys.modules[path.stem] = module
-            mod_spec.loader.exec_module(module)
+            previous = sys.modules.get(name)
+            sys.modules[name] = module  # dataclasses and pickle look their module up here while it runs
+            try:
+                mod_spec.loader.exec_module(module)
+            except BaseException:
+                if previous is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = previous
+                raise
         else:
             importlib.import_module(spec)
+    except Ann2SnnError:
+        raise
+    except SyntaxError as exc:
+        raise Ann2SnnError(f"architecture module {spec!r} has a syntax error at line {exc.lineno}: {exc.msg}") from exc
     except ImportError as exc:
         raise Ann2SnnError(f"cannot import architecture module {spec!r}: {exc}") from exc
+    except Exception as exc:  # the module's own code failed while it ran
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise Ann2SnnError(f"architecture module {spec!r} failed while it ran ({type(exc).__name__}: {first}); "
+                           "fix the module (ann2snn --verbose shows where)") from exc
+
+
+def _user_module_name(path: Path) -> str:
+    """The ``sys.modules`` name for a user's ``.py`` file: its stem when that names no other module, else a
+    private name, so that loading it never shadows the standard library or an installed package."""
+    import hashlib
+    import keyword
+    import re
+
+    stem, resolved = path.stem, path.resolve()
+
+    def same_file(origin) -> bool:
+        return bool(origin) and Path(origin).resolve() == resolved
+
+    if stem.isidentifier() and not keyword.iskeyword(stem):
+        loaded = sys.modules.get(stem)
+        if loaded is not None:
+            if same_file(getattr(loaded, "__file__", None)):
+                return stem
+        else:
+            try:
+                found = importlib.util.find_spec(stem)
+            except (ImportError, ValueError):
+                found = None
+            if found is None or same_file(found.origin):
+                return stem
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
+    return f"_ann2snn_arch_{re.sub(r'[^0-9A-Za-z_]', '_', stem)}_{digest}"
 
 
 def _load_builtin() -> None:
-    from ann2snn.models import cnn, resnet, vgg  # noqa: F401  (registers on import)
+    from ann2snn.models import cnn, resnet, swin, vgg, vit  # noqa: F401  (registers on import)

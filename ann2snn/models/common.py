@@ -75,3 +75,117 @@ def act_spec(levels=8, granularity="layer", positive="softplus", init_threshold=
         raise Ann2SnnError(f"learn_negative applies to act='signed' only, not act={act!r}")
     return ActSpec(int(levels), granularity, positive, float(init_threshold), float(shift), act, float(alpha),
                    bool(learn_negative))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Transformers: where HN-QCFS puts its quantizers (DESIGN §2, the transformer paragraph).
+
+#: What a zoo transformer's ``granularity=`` accepts: one θ per quantizer (``"layer"``, the ablation), head-wise θ
+#: on the attention quantizers only (H-QCFS), neuron-wise θ on the LayerNorm / MLP quantizers only (N-QCFS), or
+#: both (HN-QCFS, the seed's).
+TRANSFORMER_GRANULARITIES = ("layer", "head", "neuron", "head-neuron")
+
+#: Names of the attention quantizers (head-wise under H-QCFS); every other quantizer of a zoo transformer is
+#: neuron-wise under N-QCFS (the LayerNorm outputs feeding q/k/v and the MLP, and the MLP hidden layer).
+HEAD_QUANTIZERS = ("quant_q", "quant_k", "quant_v", "quant_attn", "quant_out")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How a zoo transformer builds its quantizers: HN-QCFS, or none at all (``act="relu"``, the plain ANN).
+
+    Signed quantizers (LayerNorm outputs, q, k, v, attn·V) are :class:`SignedQCFS` with ``θ_n = θ_p`` (symmetric)
+    or, with ``learn_negative``, θ_n learned. Head-wise thresholds lie along the head dim of the attention tensors
+    (``[B, H, N, Dh]``: dim 1; Swin's ``[B, nW, H, N, Dh]``: dim 2), so θ has shape ``(1, H, 1, 1)`` after
+    broadcasting; neuron-wise thresholds lie along the last dim (features), shape ``(F,)``.
+    """
+
+    levels: int = 4
+    granularity: str = "head-neuron"
+    positive: str = "softplus"
+    init_threshold: float = 2.0
+    shift: float = 0.5
+    act: str = "qcfs"
+    learn_negative: bool = False
+
+    def _make(self, kind: str, n: int, dim: int, *, signed: bool, init: float | None) -> nn.Module:
+        if self.act == "relu":
+            return nn.Identity()
+        per = self.granularity in (kind, "head-neuron")
+        kw = dict(shift=self.shift, granularity=kind if per else "layer", num_channels=n if per else None,
+                  dim=dim if per else None, positive=self.positive,
+                  init_threshold=self.init_threshold if init is None else init)
+        if not signed:
+            return QCFS(self.levels, **kw)
+        if self.learn_negative:
+            return SignedQCFS(self.levels, learn_negative=True, **kw)
+        return SignedQCFS(self.levels, alpha=1.0, **kw)
+
+    def neuron(self, features: int, *, signed: bool) -> nn.Module:
+        """A quantizer with one θ per feature (last dim) under N-QCFS; identity for the plain ANN."""
+        return self._make("neuron", features, -1, signed=signed, init=None)
+
+    def head(self, heads: int, *, dim: int, signed: bool, init_threshold: float | None = None) -> nn.Module:
+        """A quantizer with one θ per head (along ``dim``) under H-QCFS; identity for the plain ANN."""
+        return self._make("head", heads, dim, signed=signed, init=init_threshold)
+
+    def hidden(self, features: int) -> nn.Module:
+        """The MLP hidden activation: an unsigned neuron-wise QCFS replacing GELU (GELU in the plain ANN)."""
+        return nn.GELU() if self.act == "relu" else self._make("neuron", features, -1, signed=False, init=None)
+
+
+def quant_spec(levels=4, granularity="head-neuron", positive="softplus", init_threshold=2.0, shift=0.5,
+               act="qcfs", learn_negative=False) -> QuantSpec:
+    """Check the quantizer options of a zoo transformer and return the factory.
+
+    ``act="relu"`` builds the plain ANN of the same architecture: GELU in the MLP and no quantizers (QCFS options
+    unused). ``granularity`` is one of :data:`TRANSFORMER_GRANULARITIES`.
+    """
+    if act not in ("qcfs", "relu"):
+        raise Ann2SnnError(f"transformer act must be 'qcfs' (HN-QCFS QANN) or 'relu' (plain ANN with GELU), "
+                           f"got {act!r}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels <= 0:
+        raise Ann2SnnError(f"levels must be a positive integer (QCFS quantization levels L), got {levels!r}")
+    if granularity not in TRANSFORMER_GRANULARITIES:
+        raise Ann2SnnError(f"transformer granularity must be one of {', '.join(TRANSFORMER_GRANULARITIES)}, got "
+                           f"{granularity!r}")
+    if positive not in ("softplus", "none"):
+        raise Ann2SnnError(f"positive must be 'softplus' or 'none', got {positive!r}")
+    if float(init_threshold) <= 0:
+        raise Ann2SnnError(f"init_threshold must be > 0, got {init_threshold!r}")
+    return QuantSpec(int(levels), granularity, positive, float(init_threshold), float(shift), act,
+                     bool(learn_negative))
+
+
+class ZooTransformer(nn.Module):
+    """Base of the zoo's transformers: what training asks of one (two-stage plans, transformer defaults).
+
+    ``ann2snn train`` picks AdamW, warmup and weight decay for these, and stage 2 of a two-stage run makes each
+    quantizer head- or neuron-wise as :meth:`threshold_plan` says.
+    """
+
+    def threshold_plan(self, granularity: str = "head-neuron") -> dict[str, tuple[str, int]]:
+        """Qualified quantizer name → (granularity, dim); see :func:`threshold_plan`."""
+        return threshold_plan(self, granularity)
+
+
+def threshold_plan(model: nn.Module, granularity: str = "head-neuron") -> dict[str, tuple[str, int]]:
+    """Where each quantizer of a zoo transformer takes its thresholds: qualified name → (granularity, dim).
+
+    The attention quantizers (:data:`HEAD_QUANTIZERS`) go head-wise along their module's ``head_dim_axis``,
+    the others neuron-wise along dim -1; ``granularity="head"`` / ``"neuron"`` keep only one kind. This is what
+    :func:`ann2snn.layers.to_channelwise` takes for stage 2 of two-stage training (layer-wise θ copied into
+    every head / neuron).
+    """
+    if granularity not in TRANSFORMER_GRANULARITIES[1:]:
+        raise Ann2SnnError(f"threshold_plan needs granularity 'head', 'neuron' or 'head-neuron', got {granularity!r}")
+    plan = {}
+    for name, module in model.named_modules():
+        axis = getattr(module, "head_dim_axis", None)
+        for child_name, q in module.named_children():
+            if not isinstance(q, QCFS):
+                continue
+            kind = "head" if axis is not None and child_name in HEAD_QUANTIZERS else "neuron"
+            if granularity in (kind, "head-neuron"):
+                plan[f"{name}.{child_name}" if name else child_name] = (kind, axis if kind == "head" else -1)
+    return plan

@@ -135,6 +135,8 @@ class SpikingOptions:
     convention: str = "rate"
     schedule_length: int | None = None
     maxpool: str = "spiking"
+    #: D > 1: unsigned quantizers become multi-bit neurons (up to D spikes a step; rate convention)
+    max_spikes: int = 1
 
 
 @dataclass(frozen=True)

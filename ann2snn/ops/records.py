@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ann2snn.layers import QCFS, Affine, ClassToken, MatMul, Multiply, SignedQCFS
-from ann2snn.neurons import BipolarNeuron, Compensated, IFNeuron, SpikingMaxPool2d
+from ann2snn.neurons import BipolarNeuron, Compensated, IFNeuron, MultiBitNeuron, SpikingMaxPool2d
 from ann2snn.ops import rules
 from ann2snn.ops.base import Accounting, Fold, OpRecord, Rewrite, Sign, Spiking
 from ann2snn.ops.scales import AFFINE_SCALE, CONV_SCALE, LINEAR_SCALE
@@ -111,4 +111,7 @@ SPIKING_RECORDS: tuple[OpRecord, ...] = (
     OpRecord("spiking_maxpool", "stateful", modules=(SpikingMaxPool2d,), sign=Sign.PRESERVE,
              spiking=Spiking.STATEFUL, stateful_kind="maxpool",
              accounting=Accounting(report_list="spiking_maxpools", counter="spiking_maxpools")),
+    OpRecord("multibit", "stateful", modules=(MultiBitNeuron,), sign=Sign.NONNEG, spiking=Spiking.STATEFUL,
+             stateful_kind="multibit",
+             accounting=Accounting(neuron=True, report_list="neurons", counter="multibit_neurons")),
 )

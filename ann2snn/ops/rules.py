@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from ann2snn.errors import UnsupportedNodeError
 from ann2snn.layers import Affine, MatMul, Multiply
-from ann2snn.neurons import Compensated, SpikingMaxPool2d, neuron_for_qcfs
+from ann2snn.neurons import Compensated, SpikingMaxPool2d, multibit_for_qcfs, neuron_for_qcfs
 from ann2snn.ops.base import SpikingOptions, Synapses
 from ann2snn.ops.graph import apply_node, is_tensor, replace_node, set_module, shape_of, unique_name
 
@@ -319,8 +319,14 @@ def quantizer_to_neuron(q: nn.Module, node: fx.Node, options: SpikingOptions) ->
     rank = len(shape_of(node))
     theta = q.broadcast_threshold(rank).detach()[0]
     neg = q.broadcast_neg_threshold(rank).detach()[0] if getattr(q, "signed", False) else None
-    neuron = neuron_for_qcfs(q, theta, convention=options.convention, schedule_length=options.schedule_length,
-                             neg_theta=neg)
+    if options.max_spikes > 1:  # multi-bit spikes (ann2snn.methods): rate convention, unsigned quantizers
+        if neg is not None or options.convention != "rate":
+            raise UnsupportedNodeError(node, "multi-bit spikes (max_spikes > 1) are for unsigned QCFS under the rate "
+                                       "convention; convert with max_spikes=1 or --mode rate without signed layers")
+        neuron = multibit_for_qcfs(q, theta, options.max_spikes)
+    else:
+        neuron = neuron_for_qcfs(q, theta, convention=options.convention, schedule_length=options.schedule_length,
+                                 neg_theta=neg)
     details = {"levels": q.levels, "shift": q.shift, "threshold": describe_threshold(theta)}
     if neg is not None:
         details["neg_threshold"] = describe_threshold(neg)
@@ -382,8 +388,4 @@ def product_macs(m: nn.Module, in_shapes: list, out_shape: tuple) -> int:
 
 def compensated_macs(m: nn.Module, in_shapes: list, out_shape: tuple) -> int:
     """A compensated operator costs what its function costs (a product's MACs; 0 for softmax, LayerNorm, GELU)."""
-    from ann2snn.ops.registry import record_for_module
-
-    rec = record_for_module(m.op)
-    dense = rec.accounting.dense if rec is not None else None
-    return dense(m.op, in_shapes, out_shape) if dense is not None else 0
+    return product_macs(m.op, in_shapes, out_shape) if isinstance(m.op, (MatMul, Multiply)) else 0

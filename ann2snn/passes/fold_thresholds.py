@@ -165,7 +165,7 @@ class _Folder:
                 self.request(a, sb, node)
             else:
                 self.request(b, sa, node)
-        self.scale[node] = self.scale[a]
+        self.scale[node] = self.scale[node.args[0]]  # an explicit scale inserted on `a` is args[0] now
 
     def _join_cat(self, node: fx.Node) -> None:
         srcs = list(node.args[0])

@@ -19,7 +19,7 @@ MAXPOOL_MODES = ("spiking", "error")
 
 
 def to_spiking(gm: fx.GraphModule, *, convention: str = "rate", schedule_length: int | None = None,
-               maxpool: str = "spiking") -> PassResult:
+               maxpool: str = "spiking", max_spikes: int = 1) -> PassResult:
     """Swap each replaceable node of ``gm`` for its spiking operator (in place).
 
     Args:
@@ -28,6 +28,7 @@ def to_spiking(gm: fx.GraphModule, *, convention: str = "rate", schedule_length:
         schedule_length: the exact schedule's length L_s; default: the largest L of the graph's quantizers.
             A layer with L levels then gets threshold ``θ·L_s/L`` so layers of different L mix exactly.
         maxpool: ``"spiking"`` (max on accumulated counts) or ``"error"`` (refuse, naming the node and the fix).
+        max_spikes: D > 1 makes unsigned quantizers multi-bit neurons (up to D spikes a step; rate convention).
 
     After :func:`fold_thresholds` every neuron has θ = 1; on an unfolded graph each gets its quantizer's θ.
     """
@@ -42,7 +43,10 @@ def to_spiking(gm: fx.GraphModule, *, convention: str = "rate", schedule_length:
     if convention == "exact" and schedule_length is None:
         levels = [modules[n.target].levels for n, r in records.items() if r is not None and r.fold is Fold.QUANTIZER]
         schedule_length = max(levels, default=None)
-    options = SpikingOptions(convention=convention, schedule_length=schedule_length, maxpool=maxpool)
+    if isinstance(max_spikes, bool) or not isinstance(max_spikes, int) or max_spikes < 1:
+        raise Ann2SnnError(f"max_spikes must be an integer >= 1, got {max_spikes!r}")
+    options = SpikingOptions(convention=convention, schedule_length=schedule_length, maxpool=maxpool,
+                             max_spikes=max_spikes)
     spiking = [r for r in REGISTRY if r.spiking is Spiking.STATEFUL]
     lists: dict[str, list] = {r.accounting.report_list: [] for r in spiking if r.accounting.report_list}
     counters: dict[str, int] = {r.accounting.counter: 0 for r in spiking if r.accounting.counter}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
@@ -22,6 +25,7 @@ class Ann2SnnTracer(fx.Tracer):
     def __init__(self, leaf_modules: tuple[type, ...] = LEAF_MODULES) -> None:
         super().__init__()
         self.leaf_modules = leaf_modules
+        self.record_stack_traces = True  # errors name the user's source line (node.meta["stack_trace"])
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self.leaf_modules) or super().is_leaf_module(m, qualname)
@@ -50,7 +54,7 @@ def trace(model: nn.Module, *, example_input: torch.Tensor, leaf_modules=LEAF_MO
     gm = model if isinstance(model, fx.GraphModule) else symbolic_trace(model, leaf_modules=leaf_modules)
     gm.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints its own traceback
             ShapeProp(gm).propagate(example_input)
     except Exception as exc:
         root = exc.__cause__ or exc  # ShapeProp wraps the real error

@@ -65,3 +65,16 @@ def test_read_metadata_from_a_session():
     runner = StatefulRunner(_stepper("exact", 2), provider="cpu")
     meta = C.read_metadata(runner.session)
     assert meta == runner.metadata and [s.input for s in meta.states] == ["state.acc.v", "state.acc.n"]
+
+
+@pytest.mark.parametrize("T", [1, 4, 5])
+def test_runner_alternates_two_state_buffers_and_returns_extra_outputs(T):
+    """Odd and even T end on either buffer; an extra output comes back per step, an unknown one is an error."""
+    runner = StatefulRunner(_stepper("rate", None), provider="cpu")
+    x = np.array([[1.0, 0.0], [0.0, -1.0]], dtype=np.float32)
+    outs = runner.run_outputs(x, T, extra=[C.state_output_name("acc", "n")])
+    t = np.arange(1, T + 1, dtype=np.float32).reshape(-1, 1, 1)
+    np.testing.assert_allclose(outs[C.LOGITS_T], V0 + t * x + (0.5 + t), rtol=1e-6)
+    np.testing.assert_allclose(outs[C.state_output_name("acc", "n")], np.broadcast_to(0.5 + t, (T, 2, 1)))
+    with pytest.raises(Ann2SnnError, match="no output 'nope'"):
+        runner.run_outputs(x, T, extra=["nope"])
