@@ -71,13 +71,18 @@ def test_naive_per_step_softmax_is_not_the_value_of_the_stream():
     assert float((naive - exact).abs().max()) > 0.05
 
 
-@pytest.mark.parametrize("Net", [TinyViT, TinySwin], ids=["vit", "swin"])
-def test_exact_mode_reaches_the_qann_logits_and_single_step_equals_multi_step(Net):
+def _qann_input_logits(Net):
+    """A seeded tiny transformer QANN with non-dyadic thresholds, 8 inputs and its logits on them."""
     torch.manual_seed(0)
     qann = randomize(Net(), seed=1, theta=(0.4, 1.5))
     x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref = qann(x)
+        return qann, x, qann(x)
+
+
+@pytest.mark.parametrize("Net", [TinyViT, TinySwin], ids=["vit", "swin"])
+def test_exact_mode_reaches_the_qann_logits_and_single_step_equals_multi_step(Net):
+    qann, x, ref = _qann_input_logits(Net)
     snn = ann2snn.convert(qann, convention="exact")
     multi = snn.simulate(x, 24)
     single = snn.simulate(x, 24, mode="single")
@@ -90,11 +95,7 @@ def test_exact_mode_reaches_the_qann_logits_and_single_step_equals_multi_step(Ne
 def test_a_constant_that_is_not_scheduled_breaks_exactness(monkeypatch):
     """The position embedding, class token and attention bias are constants: under the exact convention they stop
     after step L with the input. Injecting them at every step instead (no constant removal) loses exactness."""
-    torch.manual_seed(0)
-    qann = randomize(TinyViT(), seed=1, theta=(0.4, 1.5))
-    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = qann(x)
+    qann, x, ref = _qann_input_logits(TinyViT)
     snn = ann2snn.convert(qann, convention="exact")
     torch.testing.assert_close(snn.simulate(x, 24)[-1], ref, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(simulator, "constant_part", lambda *a, **k: None)

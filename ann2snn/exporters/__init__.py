@@ -126,19 +126,9 @@ def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None 
         for p in paths.values():
             if p.exists():
                 raise CheckpointError(f"{p} already exists; pass --force (force=True) to overwrite it")
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    models, specs, shapes = _build(snn, paths, T=T, encoding=encoding, probes=verify)
-    seconds["build"] = time.perf_counter() - t0
-    report: dict[str, Any] = {}
-    if verify:
-        t0 = time.perf_counter()
-        report = _verify(snn, models, T=T, encoding=encoding, provider=provider, x=verify_input, batch=verify_batch,
-                         shapes=shapes)
-        seconds["verify"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    built = _finish(models, stripped=verify)
-    seconds["serialize"] = time.perf_counter() - t0
+    seconds = {"build": 0.0, "verify": 0.0, "serialize": 0.0}
+    built, specs, report = _build_verify(snn, paths, T=T, encoding=encoding, verify=verify, provider=provider,
+                                         x=verify_input, batch=verify_batch, seconds=seconds)
     states = [s if isinstance(s, StateSpec) else StateSpec.from_json(s) for s in specs or ()]
     meta = ModelMetadata.for_network(snn, T=T, format=FORMAT_STATEFUL if specs is not None else FORMAT_UNROLLED,
                                      encoding=encoding, states=states)
@@ -148,58 +138,80 @@ def export(snn, path: str | os.PathLike, *, format: str = "both", T: int | None 
                         seconds=seconds)
 
 
-def _build(snn, paths: dict[str, Path], *, T: int, encoding: str, probes: bool):
-    """``(models, stateful specs, node shapes)``: each format's graph (``onnx.ModelProto``), built once — with the
-    verification probes when ``probes``, stripped again before writing (:func:`_finish`) — from shapes computed
-    once for both."""
+def _build_verify(snn, paths: dict[str, Path], *, T: int, encoding: str, verify: bool, provider: str, x,
+                  batch: int | None, seconds: dict[str, float]):
+    """``(bytes per format, stateful specs, verification report)``, one format after the other.
+
+    Each graph is built once (with the verification probes when ``verify``), verified (one onnxruntime session at a
+    time, :class:`~ann2snn.exporters.verify.GraphVerifier`), then loses its probes (and only them,
+    :func:`~ann2snn.exporters.verify.strip_probes`) and is serialized and checked; the shapes of the spiking graph
+    are computed once for both. Only the finished bytes of one graph are held while the next is built, which keeps
+    a ResNet-50 export's peak memory ~0.4 GB under building both graphs first.
+    """
+    import onnx
+
+    from ann2snn.exporters import verify as V
     from ann2snn.exporters.common import node_shapes
     from ann2snn.exporters.onnx_stateful import build_stateful
     from ann2snn.exporters.onnx_unrolled import build_unrolled
 
     shapes = node_shapes(snn.graph_module, snn.input_shape)
-    models: dict[str, Any] = {}
-    specs = None
-    if FORMAT_UNROLLED in paths:
-        models[FORMAT_UNROLLED] = build_unrolled(snn, T=T, encoding=encoding, probes=probes, shapes=shapes)
-    if FORMAT_STATEFUL in paths:
-        models[FORMAT_STATEFUL], specs = build_stateful(snn, T=T, encoding=encoding, probes=probes, shapes=shapes)
-    return models, specs, shapes
-
-
-def _finish(models: dict[str, Any], *, stripped: bool) -> dict[str, bytes]:
-    """The bytes to write per format. A graph built with probes loses them (and only them, :func:`strip_probes`)
-    and is checked again; one built without was checked when it was built."""
-    import onnx
-
-    from ann2snn.exporters.verify import strip_probes
-
-    built = {}
-    for k in list(models):
-        model = models.pop(k)  # the ModelProto is dropped as soon as its bytes exist
-        data = strip_probes(model).SerializeToString() if stripped else model.SerializeToString()
-        del model
-        if stripped:
-            onnx.checker.check_model(data)
-        built[k] = data
-    return built
-
-
-def _verify(snn, models: dict[str, Any], *, T: int, encoding: str, provider: str, x, batch: int | None,
-            shapes: dict):
-    """Each graph (built with probes) on onnxruntime against the simulator, operator by operator (raises on a
-    mismatch; :mod:`~ann2snn.exporters.verify`)."""
-    from ann2snn.exporters import verify as V
-
-    if x is None:
-        batch = V.default_batch(snn, T, shapes) if batch is None else batch
-        x = V.example_batch(snn, batch=batch, T=T, encoding=encoding)
+    verifier = None
+    if verify:
+        if x is None:
+            x = V.example_batch(snn, batch=V.default_batch(snn, T, shapes) if batch is None else batch, T=T,
+                                encoding=encoding)
+        verifier = V.GraphVerifier(snn, T=T, encoding=encoding, x=x, provider=provider, shapes=shapes)
+    built: dict[str, bytes] = {}
     report: dict[str, Any] = {}
-    check = {FORMAT_UNROLLED: V.verify_unrolled, FORMAT_STATEFUL: V.verify_stateful}
-    for k, model in models.items():
-        data = model.SerializeToString()
-        report[k] = check[k](snn, data, T=T, encoding=encoding, x=x, provider=provider, shapes=shapes)
-        del data
-    return report
+    specs = None
+    for fmt in (FORMAT_UNROLLED, FORMAT_STATEFUL):
+        if fmt not in paths:
+            continue
+        t0 = time.perf_counter()
+        if fmt == FORMAT_UNROLLED:
+            model = build_unrolled(snn, T=T, encoding=encoding, probes=verify, shapes=shapes)
+        else:
+            model, specs = build_stateful(snn, T=T, encoding=encoding, probes=verify, shapes=shapes)
+        _release_memory()
+        seconds["build"] += time.perf_counter() - t0
+        if verifier is not None:
+            t0 = time.perf_counter()
+            report[fmt] = verifier.verify(fmt, model)
+            _release_memory()
+            seconds["verify"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if verify:  # the probes go; the rest of the graph stays exactly as verified. Built without: checked already
+            built[fmt] = V.strip_probes(model).SerializeToString()
+            del model
+            onnx.checker.check_model(built[fmt])
+        else:
+            built[fmt] = model.SerializeToString()
+            del model
+        _release_memory()
+        seconds["serialize"] += time.perf_counter() - t0
+    return built, specs, report
+
+
+def _release_memory() -> None:
+    """Hand freed heap memory back to the operating system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    Emitting a graph allocates and frees its weights several times over (numpy copies, tensor protos); glibc keeps
+    those freed blocks, so a ResNet-50 export held ~300 MB more than it used after each graph (peak 1.45 GB instead
+    of ~1.2 GB).
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return
+    if trim is not None:
+        trim(0)
 
 
 def _write_all(built: dict[str, bytes], sidecar: dict, paths: dict[str, Path], *, force: bool) -> None:

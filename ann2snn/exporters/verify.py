@@ -26,6 +26,17 @@ by ``(1 ± TIE_EPS)`` (:meth:`~ann2snn.neurons.StatefulModule.tie_probe`), or el
 of ``m`` (measured against float64 on ResNet-50 and VGG-16: at most 10.7 ulps for PyTorch). Such elements are
 counted (``tie_flips``); nothing else may differ.
 
+Operators that make no decisions (a compensated operator, the spiking max of counts: ``tie_probe`` gives None) are
+compared as float values, per sample: ``|ort − ref| ≤ CONTINUOUS_RTOL · (|ref| + max |ref| of the sample)``.
+
+**Cost.** One onnxruntime run and one simulator pass per graph; with both graphs, samples on which the stateful
+graph's every operator output equals the unrolled graph's reuse its results (:func:`verify_graphs`). The probe
+outputs are fetched for a few samples at a time (:data:`CHUNK_BYTES`), and the default batch is 16 samples or fewer
+for a large network (:func:`default_batch`): every neuron decision of every sample is compared, so two samples of a
+ResNet-50 check more decisions than sixteen of a ResNet-20. Rejected alternatives: a float64 reference (onnxruntime
+itself computes in float32, so its flips remain and still propagate); comparing integer spike counts end to end
+(the same propagation); drawing samples until enough are free of ties (in a ResNet-50 none is).
+
 A failure raises :class:`~ann2snn.errors.VerificationError`. :func:`reference`, :func:`tie_sensitive` and the
 end-to-end comparison are kept for the NIR export (a PyTorch run with no intermediate outputs to force from).
 """
@@ -35,7 +46,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -47,9 +57,9 @@ from ann2snn.exporters.contract import INPUT, LOGITS, LOGITS_PER_STEP, LOGITS_T,
 from ann2snn.neurons import StatefulModule
 from ann2snn.simulator import _MultiStep, readout, run_steps
 
-__all__ = ["verify_unrolled", "verify_stateful", "strip_probes", "default_batch", "reference", "tie_sensitive",
-           "example_batch", "RTOL", "ATOL", "TIE_EPS", "TIE_ULPS", "VALUE_RTOL", "CONTINUOUS_RTOL", "LOGIT_RTOL",
-           "VERIFY_DECISIONS"]
+__all__ = ["GraphVerifier", "verify_graphs", "verify_unrolled", "verify_stateful", "strip_probes", "default_batch",
+           "reference", "tie_sensitive", "example_batch", "RTOL", "ATOL", "TIE_EPS", "TIE_ULPS", "VALUE_RTOL",
+           "CONTINUOUS_RTOL", "LOGIT_RTOL", "VERIFY_DECISIONS", "SHARE_BYTES"]
 
 RTOL = 1e-4  # end-to-end comparison (NIR)
 ATOL = 1e-4  # times max(1, max|ref|) of each sample (NIR)
@@ -66,6 +76,8 @@ CHUNK_BYTES = 1 << 27
 #: large network check more than 16 of a small one (ResNet-20, T = 4: 16 samples, 12 M decisions; ResNet-50: 2
 #: samples, 24 M)
 VERIFY_DECISIONS = 1 << 25
+#: the first verified graph's outputs are kept for the next (:class:`GraphVerifier`) up to this many bytes
+SHARE_BYTES = 1 << 28
 
 
 def example_batch(snn, *, batch: int = 16, seed: int = 0, T: int | None = None, encoding: str = "direct"):
@@ -291,44 +303,74 @@ def _tail(gm: fx.GraphModule) -> set[str]:
     return _slice(gm, [out])
 
 
-@dataclass
 class _Tally:
-    """What the operator-by-operator check found, over the chunks of one batch."""
+    """What the operator-by-operator check found, per sample of one batch (chunks fill in their samples)."""
 
-    batch: int
-    per_op: dict[str, list[int]] = field(default_factory=dict)  # name -> [equal elements, elements]
-    tie_flips: int = 0
-    tie_samples: set[int] = field(default_factory=set)
-    unexplained: dict[str, list] = field(default_factory=dict)  # name -> [elements, set of samples]
-    max_logit_error: float = 0.0
-    max_logit_ratio: float = 0.0  # error / magnitude of the terms
-    logit_bad: set[int] = field(default_factory=set)
-    agree: int = 0
-    decisions: int = 0
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.equal: dict[str, np.ndarray] = {}  # operator -> per sample: output elements equal
+        self.total: dict[str, np.ndarray] = {}  # operator -> per sample: output elements
+        self.unexplained: dict[str, np.ndarray] = {}  # operator -> per sample: elements differing beyond ties
+        self.flips = np.zeros(batch, dtype=np.int64)  # elements differing at ties
+        self.logit_bad = np.zeros(batch, dtype=bool)
+        self.agree = np.zeros(batch, dtype=bool)
+        self.logit_error = np.zeros(batch)
+        self.logit_ratio = np.zeros(batch)  # error / magnitude of the terms
+        self.reused = np.zeros(batch, dtype=bool)
+
+    def _per_sample(self, table: dict[str, np.ndarray], name: str) -> np.ndarray:
+        if name not in table:
+            table[name] = np.zeros(self.batch, dtype=np.int64)
+        return table[name]
+
+    def op(self, name: str, bad: torch.Tensor, samples: np.ndarray) -> None:
+        """``bad`` ``[b, ...]``: where operator ``name``'s output differs, for the batch's ``samples``."""
+        per = bad.flatten(1)
+        self._per_sample(self.total, name)[samples] += per.shape[1]
+        self._per_sample(self.equal, name)[samples] += per.shape[1] - per.sum(1).numpy()
+
+    def flipped(self, flips: torch.Tensor, samples: np.ndarray) -> None:
+        np.add.at(self.flips, samples, flips.flatten(1).sum(1).numpy())
+
+    def wrong(self, name: str, still: torch.Tensor, samples: np.ndarray) -> None:
+        np.add.at(self._per_sample(self.unexplained, name), samples, still.flatten(1).sum(1).numpy())
+
+    def reuse(self, other: "_Tally", samples: np.ndarray) -> None:
+        """Take ``other``'s operator results for ``samples`` (whose every operator output is the same here)."""
+        for mine, theirs in ((self.equal, other.equal), (self.total, other.total),
+                             (self.unexplained, other.unexplained)):
+            for name, values in theirs.items():
+                self._per_sample(mine, name)[samples] = values[samples]
+        self.flips[samples] = other.flips[samples]
+        self.reused[samples] = True
 
     def report(self, T: int) -> dict[str, Any]:
-        equal = sum(e for e, _ in self.per_op.values())
-        total = sum(t for _, t in self.per_op.values())
-        bad = set(self.logit_bad)
-        for _, samples in self.unexplained.values():
-            bad |= samples
+        equal = sum(int(v.sum()) for v in self.equal.values())
+        total = sum(int(v.sum()) for v in self.total.values())
+        bad = self.logit_bad.copy()
+        for v in self.unexplained.values():
+            bad |= v > 0
         return {"criterion": "operator by operator: each stateful operator recomputed from onnxruntime's own inputs",
-                "max_abs_error": self.max_logit_error, "max_error_over_magnitude": self.max_logit_ratio,
-                "rtol": LOGIT_RTOL, "atol": 0.0, "samples": self.batch, "mismatched_samples": len(bad),
-                "argmax_agreement": self.agree / max(self.batch, 1), "tie_sensitive_samples": len(self.tie_samples),
-                "tie_flips": self.tie_flips, "tie_eps": TIE_EPS, "tie_ulps": TIE_ULPS,
-                "operators_checked": len(self.per_op), "decisions_checked": total * T,
-                "spike_count_agreement": equal / max(total, 1), "spike_counts_compared": total,
-                "spike_count_agreement_min_op": min((e / max(t, 1) for e, t in self.per_op.values()), default=1.0)}
+                "max_abs_error": float(self.logit_error.max(initial=0.0)),
+                "max_error_over_magnitude": float(self.logit_ratio.max(initial=0.0)),
+                "rtol": LOGIT_RTOL, "atol": 0.0, "samples": self.batch, "mismatched_samples": int(bad.sum()),
+                "argmax_agreement": float(self.agree.mean()) if self.batch else 1.0,
+                "tie_sensitive_samples": int((self.flips > 0).sum()), "tie_flips": int(self.flips.sum()),
+                "tie_eps": TIE_EPS, "tie_ulps": TIE_ULPS, "operators_checked": len(self.total),
+                "decisions_checked": total * T, "spike_count_agreement": equal / max(total, 1),
+                "spike_counts_compared": total,
+                "spike_count_agreement_min_op": min((int(self.equal[k].sum()) / max(int(v.sum()), 1)
+                                                     for k, v in self.total.items()), default=1.0),
+                "samples_shared_with_unrolled": int(self.reused.sum())}
 
 
 class _Checker:
-    """Checks one chunk of samples: the forced run, each stateful operator, the logits."""
+    """Checks chunks of samples: the forced run, each stateful operator, the logits."""
 
-    def __init__(self, snn, T: int, encoding: str, tally: _Tally) -> None:
+    def __init__(self, snn, T: int, encoding: str, tally: _Tally, magnitudes: "_Magnitudes") -> None:
         self.snn, self.T, self.encoding, self.tally = snn, T, encoding, tally
         self.gm = snn.graph_module
-        self.magnitudes = _Magnitudes(self.gm)
+        self.magnitudes = magnitudes
         self.tail = _tail(self.magnitudes.gm)
 
     def _run(self, gm, x, given, **kw):
@@ -338,10 +380,13 @@ class _Checker:
         return None if out is None else out.unflatten(0, (self.T, -1))
 
     @torch.no_grad()
-    def check(self, x: torch.Tensor, given: dict[str, torch.Tensor], ort_per_step: np.ndarray, offset: int) -> None:
-        """``x``: the chunk; ``given``: onnxruntime's accumulated outputs per stateful operator; ``ort_per_step``:
-        its logits after every step ``[T, b, K]``; ``offset``: index of the chunk's first sample in the batch."""
-        pending: list[tuple[fx.Node, StatefulModule, list[torch.Tensor], torch.Tensor, torch.Tensor]] = []
+    def check(self, x: torch.Tensor, given: dict[str, torch.Tensor], ort_per_step: np.ndarray,
+              samples: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """``x``: some samples of the batch (their indices ``samples``); ``given``: onnxruntime's accumulated
+        outputs per stateful operator; ``ort_per_step``: its logits after every step ``[T, b, K]``. Returns the
+        reference logits and the magnitude of their terms (for :meth:`logits`)."""
+        pending: list[tuple] = []
+        tally = self.tally
 
         def on_op(node, m, xs):
             ref = m.multi_step(*xs).cumsum(0)
@@ -356,22 +401,16 @@ class _Checker:
                 scale = ref.abs().flatten(2).amax(dim=(0, 2)).clamp(min=1.0)
                 tol = CONTINUOUS_RTOL * (ref.abs() + scale.reshape(1, -1, *([1] * (ref.dim() - 2))))
             bad = ((ort - ref).abs() > tol).any(0)  # [b, ...]
-            eq = self.tally.per_op.setdefault(node.target, [0, 0])
-            eq[0] += int(bad.numel() - bad.sum())
-            eq[1] += bad.numel()
+            tally.op(node.target, bad, samples)
             if not bad.any():
                 return
             if not decides:
-                rows = bad.flatten(1).any(1).nonzero().flatten()
-                u = self.tally.unexplained.setdefault(node.target, [0, set()])
-                u[0] += int(bad.sum())
-                u[1].update(offset + r for r in rows.tolist())
+                tally.wrong(node.target, bad, samples)
                 return
             rows = bad.flatten(1).any(1).nonzero().flatten()
             sub = [a[:, rows] for a in xs]
             tie = _sensitive(m, sub, ref[:, rows], TIE_EPS)
-            flips = bad[rows] & tie
-            self._count_flips(flips, rows, offset)
+            tally.flipped(bad[rows] & tie, samples[rows.numpy()])
             left = bad[rows] & ~tie
             if left.any():
                 pending.append((node, m, sub, ref[:, rows], left, rows))
@@ -379,15 +418,14 @@ class _Checker:
         out = self._run(self.gm, x, given, on_op=on_op)
         ref = readout(out, self.snn.schedule)
         if pending:
-            self._resolve(x, given, pending, offset)
-        self._logits(x, given, ref, ort_per_step, offset)
+            self._resolve(x, given, pending, samples)
+        gm_abs = self.magnitudes.graph_for(self.tail)
+        mag = readout(self._run(gm_abs, x.abs(), given, needed=self.tail, abs_messages=True),
+                      self.snn.schedule).numpy()  # Σ|terms| / N(t)
+        self.logits(ref, mag, ort_per_step, samples)
+        return ref, mag
 
-    def _count_flips(self, flips: torch.Tensor, rows: torch.Tensor, offset: int) -> None:
-        self.tally.tie_flips += int(flips.sum())
-        for r in rows[flips.flatten(1).any(1)].tolist():
-            self.tally.tie_samples.add(offset + r)
-
-    def _resolve(self, x, given, pending, offset: int) -> None:
+    def _resolve(self, x, given, pending, samples: np.ndarray) -> None:
         """Differences not explained at ``TIE_EPS``: test each against the float32 rounding of its own input's terms
         (a second, absolute-valued forced run on the samples concerned)."""
         rows = torch.unique(torch.cat([p[5] for p in pending]))
@@ -416,31 +454,26 @@ class _Checker:
             for b in torch.unique(buckets[left]).tolist():
                 sens = _sensitive(m, xs, ref, b)
                 explained |= left & sens & (buckets >= b)  # within its own window
-            self._count_flips(explained, prow, offset)
+            at = samples[prow.numpy()]
+            self.tally.flipped(explained, at)
             still = left & ~explained
             if still.any():
-                u = self.tally.unexplained.setdefault(node.target, [0, set()])
-                u[0] += int(still.sum())
-                u[1].update(offset + r for r in prow[still.flatten(1).any(1)].tolist())
+                self.tally.wrong(node.target, still, at)
 
-    def _logits(self, x, given, ref: torch.Tensor, ort: np.ndarray, offset: int) -> None:
-        """Logits: onnxruntime's against the read-out of its own last stateful outputs, per logit within
-        ``LOGIT_RTOL`` of the magnitude of its terms."""
+    def logits(self, ref: torch.Tensor, mag: np.ndarray, ort: np.ndarray, samples: np.ndarray) -> None:
+        """onnxruntime's logits against the read-out of its own last stateful outputs (``ref``), each within
+        ``LOGIT_RTOL`` of the magnitude ``mag`` of its terms."""
         if tuple(ort.shape) != tuple(ref.shape):
             raise VerificationError(f"the ONNX graph gives logits of shape {tuple(ort.shape)}, the simulator "
                                     f"{tuple(ref.shape)}; the export is wrong, please report it")
-        gm_abs = self.magnitudes.graph_for(self.tail)
-        mag_msgs = self._run(gm_abs, x.abs(), given, needed=self.tail, abs_messages=True)
-        mag = readout(mag_msgs, self.snn.schedule).numpy()  # Σ|terms| / N(t)
-        err = np.abs(ort - ref.numpy())
-        tol = LOGIT_RTOL * mag
-        bad = (err > tol).reshape(err.shape[0], err.shape[1], -1).any(axis=(0, 2))
+        ref = ref.numpy()
+        err = np.abs(ort - ref).reshape(ref.shape[0], ref.shape[1], -1)
+        mag = mag.reshape(err.shape)
         t = self.tally
-        t.max_logit_error = max(t.max_logit_error, float(err.max(initial=0.0)))
-        ratio = err / np.maximum(mag, np.finfo(np.float32).tiny)
-        t.max_logit_ratio = max(t.max_logit_ratio, float(ratio.max(initial=0.0)))
-        t.logit_bad.update(offset + int(i) for i in np.nonzero(bad)[0])
-        t.agree += int((ort[-1].argmax(-1) == ref[-1].numpy().argmax(-1)).sum())
+        t.logit_bad[samples] = (err > LOGIT_RTOL * mag).any(axis=(0, 2))
+        t.logit_error[samples] = err.max(axis=(0, 2), initial=0.0)
+        t.logit_ratio[samples] = (err / np.maximum(mag, np.finfo(np.float32).tiny)).max(axis=(0, 2), initial=0.0)
+        t.agree[samples] = ort[-1].argmax(-1) == ref[-1].argmax(-1)
 
 
 def _sensitive(m: StatefulModule, xs: list[torch.Tensor], ref: torch.Tensor, eps: float) -> torch.Tensor:
@@ -457,19 +490,20 @@ def _sensitive(m: StatefulModule, xs: list[torch.Tensor], ref: torch.Tensor, eps
 
 def _raise_if_failed(tally: _Tally, what: str) -> None:
     if tally.unexplained:
-        name, (n, samples) = max(tally.unexplained.items(), key=lambda kv: kv[1][0])
-        others = len(tally.unexplained) - 1
+        name, counts = max(tally.unexplained.items(), key=lambda kv: int(kv[1].sum()))
+        others = sum(1 for v in tally.unexplained.values() if v.any()) - 1
+        if counts.any():
+            raise VerificationError(
+                f"{what} does not match the simulator at {name}: {int(counts.sum())} outputs of "
+                f"{int((counts > 0).sum())}/{tally.batch} samples differ away from any threshold tie, recomputed from "
+                "onnxruntime's own inputs to that operator" + (f" (and at {others} other operators)" if others else "")
+                + "; the export is wrong — rerun with --verbose and report it, or pass --no-verify to write it anyway")
+    if tally.logit_bad.any():
         raise VerificationError(
-            f"{what} does not match the simulator at {name}: {n} outputs of {len(samples)}/{tally.batch} samples "
-            f"differ away from any threshold tie, recomputed from onnxruntime's own inputs to that operator"
-            + (f" (and at {others} other operators)" if others else "")
-            + "; the export is wrong — rerun with --verbose and report it, or pass --no-verify to write it anyway")
-    if tally.logit_bad:
-        raise VerificationError(
-            f"{what} does not match the simulator: the logits of {len(tally.logit_bad)}/{tally.batch} samples differ "
-            f"from the read-out of its own last spikes by up to {tally.max_logit_ratio:.3g} of their terms' magnitude "
-            f"(allowed {LOGIT_RTOL:.2g}, max |error| {tally.max_logit_error:.3g}); the export is wrong — rerun with "
-            "--verbose and report it, or pass --no-verify to write it anyway")
+            f"{what} does not match the simulator: the logits of {int(tally.logit_bad.sum())}/{tally.batch} samples "
+            f"differ from the read-out of its own last spikes by up to {tally.logit_ratio.max():.3g} of their terms' "
+            f"magnitude (allowed {LOGIT_RTOL:.2g}, max |error| {tally.logit_error.max():.3g}); the export is wrong — "
+            "rerun with --verbose and report it, or pass --no-verify to write it anyway")
 
 
 def default_batch(snn, T: int, shapes: dict | None = None) -> int:
@@ -493,7 +527,7 @@ def _chunks(snn, shapes: dict | None, x: torch.Tensor, T: int, encoding: str) ->
     """Samples per onnxruntime run: the probe outputs of one run stay under :data:`CHUNK_BYTES`."""
     numel = _stateful_numel(snn, shapes)
     batch = x.shape[1] if encoding == "sequence" else x.shape[0]
-    per_sample = max(1, numel * T * 4 * 3)  # onnxruntime's output, the simulator's output and its sum
+    per_sample = max(1, numel * T * 4 * 4)  # onnxruntime's outputs (both graphs), the simulator's and its sum
     return max(1, min(batch, CHUNK_BYTES // per_sample))
 
 
@@ -503,56 +537,136 @@ def _batch_slices(x: torch.Tensor, encoding: str, size: int):
         yield i, (x[i:i + size] if encoding == "direct" else x[:, i:i + size])
 
 
+_WHAT = {"unrolled": "the unrolled ONNX graph", "stateful": "the stateful ONNX graph driven T times"}
+
+
+class GraphVerifier:
+    """Checks the graphs of one export, one at a time, on one batch (module docstring).
+
+    Graphs are verified one after the other so that only one onnxruntime session exists at a time. The first graph's
+    results per sample (its operators' outputs, the reference logits and their magnitudes: at most about
+    :data:`VERIFY_DECISIONS` values for the default batch) are kept for the next: a sample on which the next graph's
+    every operator output equals the first's, bit for bit at every step, gets the first graph's operator results —
+    the recomputed inputs, hence the reference outputs and their ties, are then the same; its logits are still
+    compared, and the other samples are checked on their own.
+    """
+
+    def __init__(self, snn, *, T: int, encoding: str = "direct", x: torch.Tensor | None = None,
+                 provider: str = "cpu", shapes: dict | None = None) -> None:
+        self.snn, self.T, self.encoding, self.provider, self.shapes = snn, T, encoding, provider, shapes
+        self.x = example_batch(snn, T=T, encoding=encoding) if x is None else x
+        self.batch = self.x.shape[1] if encoding == "sequence" else self.x.shape[0]
+        self.magnitudes = _Magnitudes(snn.graph_module)
+        self.first: tuple[_Tally, list] | None = None  # the first graph's tally and per-chunk results
+
+    def verify(self, fmt: str, model) -> dict[str, Any]:
+        """Check ``model`` (``onnx.ModelProto`` or bytes, built with probes) of format ``fmt`` (``"unrolled"`` or
+        ``"stateful"``); returns its report, raises :class:`VerificationError` on a mismatch. The model's bytes
+        exist only while its session is made."""
+        if fmt not in _WHAT:
+            raise VerificationError(f"cannot verify a graph of format {fmt!r}; formats: {', '.join(_WHAT)}")
+        t0 = time.perf_counter()
+        run, used = self._runner(fmt, model)
+        tally = _Tally(self.batch)
+        checker = _Checker(self.snn, self.T, self.encoding, tally, self.magnitudes)
+        keep: list | None = [] if self.first is None else None
+        shared = self.first[1] if self.first is not None else []
+        kept_bytes = 0
+        chunks = _batch_slices(self.x, self.encoding, _chunks(self.snn, self.shapes, self.x, self.T, self.encoding))
+        for i, (offset, xb) in enumerate(chunks):
+            samples = np.arange(offset, offset + (xb.shape[1] if self.encoding == "sequence" else xb.shape[0]))
+            given, per_step = run(xb)
+            if not given:
+                raise VerificationError(f"{_WHAT[fmt]} to verify has no probe outputs; build it with probes=True")
+            first = shared[i] if i < len(shared) else None
+            same = _same_outputs(given, first[0]) if first else torch.zeros(len(samples), dtype=torch.bool)
+            rows = same.nonzero().flatten().numpy()
+            if len(rows):
+                _, ref, mag = first
+                tally.reuse(self.first[0], samples[rows])
+                checker.logits(ref[:, rows], mag[:, rows], per_step[:, rows], samples[rows])
+            rest = (~same).nonzero().flatten()
+            if len(rest) == len(samples):
+                ref, mag = checker.check(xb, given, per_step, samples)
+                if keep is not None:
+                    kept_bytes += sum(v.numel() * v.element_size() for v in given.values())
+                    keep.append((given, ref, mag) if kept_bytes <= SHARE_BYTES else None)
+            elif len(rest):
+                sub = xb[rest] if self.encoding == "direct" else xb[:, rest]
+                checker.check(sub, {n: v[:, rest] for n, v in given.items()}, per_step[:, rest.numpy()],
+                              samples[rest.numpy()])
+        _raise_if_failed(tally, _WHAT[fmt])
+        if keep is not None:
+            self.first = (tally, keep)
+        rep = tally.report(self.T)
+        rep.update(provider=used, seconds=time.perf_counter() - t0)
+        return rep
+
+    def _runner(self, fmt: str, model) -> tuple[Callable, str]:
+        """``(run, provider used)``: ``run(x)`` gives onnxruntime's accumulated output per stateful operator and the
+        logits after every step."""
+        from ann2snn.exporters.contract import readout_counts
+        from ann2snn.runtime import StatefulRunner, make_session
+
+        data = model if isinstance(model, bytes) else model.SerializeToString()
+        if fmt == "unrolled":
+            sess, used = make_session(data, provider=self.provider, memory_pattern=False)  # half the memory
+            del data
+            names = [o.name for o in sess.get_outputs()]
+            ops = [n for n in names if n.startswith(PROBE_PREFIX)]
+
+            def run(xb):
+                outs = dict(zip(names, sess.run(None, {INPUT: xb.numpy()})))
+                if not np.allclose(outs[LOGITS], outs[LOGITS_PER_STEP][-1]):
+                    raise VerificationError("the unrolled ONNX graph's logits differ from its last per-step logits; "
+                                            "the export is wrong, please report it")
+                return {n[len(PROBE_PREFIX):]: torch.from_numpy(outs[n]) for n in ops}, outs[LOGITS_PER_STEP]
+
+            return run, used
+        runner = StatefulRunner(data, provider=self.provider)
+        del data
+        ops = [o.name for o in runner.session.get_outputs() if o.name.startswith(PROBE_PREFIX)]
+        n_t = np.asarray(readout_counts(self.T, runner.convention, runner.schedule_length), dtype=np.float32)
+
+        def run(xb):
+            outs = runner.run_outputs(xb.numpy(), self.T, extra=ops)
+            per_step = np.cumsum(outs[LOGITS_T], 0) / n_t.reshape(-1, *([1] * (outs[LOGITS_T].ndim - 1)))
+            return {n[len(PROBE_PREFIX):]: torch.from_numpy(np.cumsum(outs[n], 0)) for n in ops}, per_step
+
+        return run, runner.provider
+
+
+def _same_outputs(given: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[b]`` bool: samples on which every operator output of ``given`` equals ``other``'s, bit for bit."""
+    b = next(iter(given.values())).shape[1]
+    if set(given) != set(other):
+        return torch.zeros(b, dtype=torch.bool)
+    same = torch.ones(b, dtype=torch.bool)
+    for name, v in given.items():
+        if v.shape != other[name].shape:
+            return torch.zeros(b, dtype=torch.bool)
+        same &= (v == other[name]).transpose(0, 1).flatten(1).all(1)
+    return same
+
+
+def verify_graphs(snn, models: dict[str, Any], *, T: int, encoding: str = "direct", x: torch.Tensor | None = None,
+                  provider: str = "cpu", shapes: dict | None = None) -> dict[str, dict[str, Any]]:
+    """Check graphs built with probes (``{"unrolled": model, "stateful": model}``, either or both; each
+    ``onnx.ModelProto`` or its bytes) with one :class:`GraphVerifier`; returns a report per graph."""
+    v = GraphVerifier(snn, T=T, encoding=encoding, x=x, provider=provider, shapes=shapes)
+    return {fmt: v.verify(fmt, model) for fmt, model in models.items()}
+
+
 def verify_unrolled(snn, model_bytes: bytes, *, T: int, encoding: str = "direct", x: torch.Tensor | None = None,
                     provider: str = "cpu", shapes: dict | None = None) -> dict[str, Any]:
-    """Check an unrolled graph built with probes (``build_unrolled(..., probes=True)``) operator by operator against
-    the simulator (module docstring); returns the report, raises :class:`VerificationError` on a mismatch."""
-    from ann2snn.runtime import make_session
-
-    t0 = time.perf_counter()
-    x = example_batch(snn, T=T, encoding=encoding) if x is None else x
-    sess, used = make_session(model_bytes, provider=provider, memory_pattern=False)  # half the memory, same time
-    names = [o.name for o in sess.get_outputs()]
-    ops = [n for n in names if n.startswith(PROBE_PREFIX)]
-    if not ops:
-        raise VerificationError("the unrolled graph to verify has no probe outputs; build it with probes=True")
-    tally = _Tally(batch=x.shape[1] if encoding == "sequence" else x.shape[0])
-    checker = _Checker(snn, T, encoding, tally)
-    for offset, xb in _batch_slices(x, encoding, _chunks(snn, shapes, x, T, encoding)):
-        outs = dict(zip(names, sess.run(None, {INPUT: xb.numpy()})))
-        if not np.allclose(outs[LOGITS], outs[LOGITS_PER_STEP][-1]):
-            raise VerificationError("the unrolled ONNX graph's logits differ from its last per-step logits; "
-                                    "the export is wrong, please report it")
-        given = {n[len(PROBE_PREFIX):]: torch.from_numpy(outs[n]) for n in ops}
-        checker.check(xb, given, outs[LOGITS_PER_STEP], offset)
-    _raise_if_failed(tally, "the unrolled ONNX graph")
-    rep = tally.report(T)
-    rep.update(provider=used, seconds=time.perf_counter() - t0)
-    return rep
+    """Check an unrolled graph built with probes (``build_unrolled(..., probes=True)``): :func:`verify_graphs`."""
+    return verify_graphs(snn, {"unrolled": model_bytes}, T=T, encoding=encoding, x=x, provider=provider,
+                         shapes=shapes)["unrolled"]
 
 
 def verify_stateful(snn, model_bytes: bytes, *, T: int, encoding: str = "direct", x: torch.Tensor | None = None,
                     provider: str = "cpu", shapes: dict | None = None) -> dict[str, Any]:
     """Drive a one-step graph built with probes (``build_stateful(..., probes=True)``) T times with
-    :class:`ann2snn.runtime.StatefulRunner` and check it operator by operator (module docstring)."""
-    from ann2snn.exporters.contract import readout_counts
-    from ann2snn.runtime import StatefulRunner
-
-    t0 = time.perf_counter()
-    x = example_batch(snn, T=T, encoding=encoding) if x is None else x
-    runner = StatefulRunner(model_bytes, provider=provider)
-    ops = [o.name for o in runner.session.get_outputs() if o.name.startswith(PROBE_PREFIX)]
-    if not ops:
-        raise VerificationError("the stateful graph to verify has no probe outputs; build it with probes=True")
-    n_t = np.asarray(readout_counts(T, runner.convention, runner.schedule_length), dtype=np.float32)
-    tally = _Tally(batch=x.shape[1] if encoding == "sequence" else x.shape[0])
-    checker = _Checker(snn, T, encoding, tally)
-    for offset, xb in _batch_slices(x, encoding, _chunks(snn, shapes, x, T, encoding)):
-        outs = runner.run_outputs(xb.numpy(), T, extra=ops)
-        per_step = np.cumsum(outs[LOGITS_T], 0) / n_t.reshape(-1, *([1] * (outs[LOGITS_T].ndim - 1)))
-        given = {n[len(PROBE_PREFIX):]: torch.from_numpy(np.cumsum(outs[n], 0)) for n in ops}
-        checker.check(xb, given, per_step, offset)
-    _raise_if_failed(tally, "the stateful ONNX graph driven T times")
-    rep = tally.report(T)
-    rep.update(provider=runner.provider, seconds=time.perf_counter() - t0)
-    return rep
+    :class:`ann2snn.runtime.StatefulRunner` and check it: :func:`verify_graphs`."""
+    return verify_graphs(snn, {"stateful": model_bytes}, T=T, encoding=encoding, x=x, provider=provider,
+                         shapes=shapes)["stateful"]

@@ -3,9 +3,10 @@
 **COS** (calibrating offset spikes; Hao et al., ICLR 2023). After T steps a neuron's spike count ``C_T`` often
 differs by about one spike from the count an evenly spread input would give, ``Ĉ_T = clip(floor(X_T/θ + φ), 0,
 D·T)`` (``X_T``: the input it received): the *offset spike* ``ψ = C_T − Ĉ_T``. Shifting the initial membrane by
-``−ψ·θ`` removes it. :func:`apply_cos` measures ψ of every neuron on calibration data (its mean over the samples,
-per neuron) and moves the initial membrane by that, layer by layer in graph order — each layer is measured with
-the layers before it already calibrated — repeating ``iterations`` times per layer. The shifts depend on T, so a
+``−ψ·θ`` removes it. :func:`apply_cos` measures the offset spikes of every neuron on calibration data and shifts its
+initial membrane by the shift (a multiple of θ/4 in [−θ, θ]) that leaves the fewest, the one nearest the mean
+measured offset ``−mean ψ`` among equals, layer by layer in graph order — each layer measured with the layers
+before it already calibrated — repeating ``iterations`` times per layer. The shifts depend on T, so a
 network is calibrated for one T. The paper estimates ψ per input with a pre-run at inference; here the shift is
 fixed from calibration data, so the calibrated network is an ordinary multi-bit neuron network (``offset``) that
 exports to both ONNX forms.
@@ -33,7 +34,8 @@ from ann2snn.neurons import IFNeuron, MultiBitNeuron, State, copy_multibit
 from ann2snn.ops.graph import set_module
 from ann2snn.simulator import readout, run_steps
 
-__all__ = ["apply_cos", "offset_spikes", "SRPNeuron", "apply_srp", "srp_readout", "SRP_EPS"]
+__all__ = ["apply_cos", "cos_shift", "offset_spikes", "COS_SHIFTS", "SRPNeuron", "apply_srp", "srp_readout",
+           "SRP_EPS"]
 
 #: SRP keeps a neuron whose residual membrane after the pre-run exceeds this many thresholds (the seed's 1e-3)
 SRP_EPS = 1e-3
@@ -71,6 +73,31 @@ def _copy(snn, transform) -> "SpikingNetwork":  # noqa: F821
                           info=dataclasses.replace(snn.info, neuron_kinds=kinds))
 
 
+#: the initial-membrane shifts COS tries per neuron, in thresholds
+COS_SHIFTS = tuple(k / 4 for k in range(-4, 5))
+
+
+def _ideal(m, X: torch.Tensor, T: int) -> torch.Tensor:
+    """``clip(floor(X/θ + φ), 0, D·T)`` (within the spike budget): the count of input X spread evenly."""
+    ideal = torch.clamp(torch.floor(X / m.threshold + m.shift), 0.0, float(getattr(m, "max_spikes", 1) * T))
+    if getattr(m, "levels", None) is not None:
+        ideal = torch.clamp(ideal, max=float(m.levels * -(-T // m.period)))
+    return ideal
+
+
+def _layer_inputs(gm: fx.GraphModule, target: str, x: torch.Tensor, T: int, batch_size: int):
+    """Yield the ``[T, B, ...]`` inputs of neuron module ``target`` over T steps, batch by batch."""
+    for xb, _ in batches(x, torch.zeros(len(x)), batch_size):
+        seen = {}
+
+        def observe(node, inputs, output):
+            if node.op == "call_module" and node.target == target:
+                seen["x"] = inputs[0]
+
+        run_steps(gm, xb, T, observer=observe)
+        yield seen["x"]
+
+
 @torch.no_grad()
 def offset_spikes(gm: fx.GraphModule, target: str, x: torch.Tensor, T: int, *, batch_size: int = 256
                   ) -> torch.Tensor:
@@ -78,29 +105,46 @@ def offset_spikes(gm: fx.GraphModule, target: str, x: torch.Tensor, T: int, *, b
     neuron (one step's shape): its spike count after T steps minus the count of its accumulated input spread evenly."""
     m = gm.get_submodule(target)
     total, n = None, 0
-    for xb, _ in batches(x, torch.zeros(len(x)), batch_size):
-        seen = {}
-
-        def observe(node, inputs, output):
-            if node.op == "call_module" and node.target == target:
-                seen["X"], seen["C"] = inputs[0].sum(0), torch.round(output / m.threshold).sum(0)
-
-        run_steps(gm, xb, T, observer=observe)
-        ideal = torch.clamp(torch.floor(seen["X"] / m.threshold + m.shift), 0.0,
-                            float(getattr(m, "max_spikes", 1) * T))
-        if getattr(m, "levels", None) is not None:
-            ideal = torch.clamp(ideal, max=float(m.levels * -(-T // m.period)))
-        psi = (seen["C"] - ideal).sum(0)
+    for seq in _layer_inputs(gm, target, x, T, batch_size):
+        counts = torch.round(m.multi_step(seq) / m.threshold).sum(0)
+        psi = (counts - _ideal(m, seq.sum(0), T)).sum(0)
         total = psi if total is None else total + psi
-        n += len(xb)
+        n += seq.shape[1]
     return total / n
+
+
+@torch.no_grad()
+def cos_shift(gm: fx.GraphModule, target: str, x: torch.Tensor, T: int, *, batch_size: int = 256) -> torch.Tensor:
+    """The initial-membrane shift (in θ) COS gives multi-bit neuron module ``target``, per neuron: among
+    :data:`COS_SHIFTS`, those with the fewest offset spikes ``Σ|ψ|`` over ``x``, and of these the one nearest the
+    measured mean offset ``−mean ψ``. The layer's inputs do not depend on its own membrane, so they are recorded
+    once per batch and the shifts tried on the neuron alone."""
+    m = gm.get_submodule(target)
+    cost, psi_sum, n = None, None, 0
+    for seq in _layer_inputs(gm, target, x, T, batch_size):
+        ideal = _ideal(m, seq.sum(0), T)
+        errs = []
+        for d in COS_SHIFTS:
+            probe = copy_multibit(m, offset=m.offset + d)
+            psi = probe.spike_counts(probe.multi_step(seq)).sum(0) - ideal
+            errs.append(psi.abs().sum(0))
+            if d == 0:
+                psi_sum = psi.sum(0) if psi_sum is None else psi_sum + psi.sum(0)
+        errs = torch.stack(errs)
+        cost = errs if cost is None else cost + errs
+        n += seq.shape[1]
+    shifts = torch.tensor(COS_SHIFTS).reshape(-1, *([1] * (cost.dim() - 1)))
+    target_shift = -psi_sum / n
+    best = cost.min(0).values
+    distance = torch.where(cost <= best + 1e-6, (shifts - target_shift).abs(), torch.full_like(cost, float("inf")))
+    return shifts.squeeze().index_select(0, distance.argmin(0).flatten()).reshape(best.shape)
 
 
 def apply_cos(snn, x_calib: torch.Tensor, T: int, *, iterations: int = 1, batch_size: int = 256):
     """A copy of ``snn`` calibrated by COS for T steps on the calibration images ``x_calib`` (``[N, ...]``).
 
-    Each neuron (IF neurons become :class:`~ann2snn.neurons.MultiBitNeuron` with D = 1, the same rule) gets an
-    initial-membrane offset ``δ ← δ − mean ψ`` per element, layer by layer in graph order, ``iterations`` times.
+    Each neuron (IF neurons become :class:`~ann2snn.neurons.MultiBitNeuron` with D = 1, the same rule) moves its
+    initial membrane by :func:`cos_shift`, layer by layer in graph order, ``iterations`` times per layer.
 
     Examples:
         >>> cos4 = apply_cos(ann2snn.convert(qann), data.x_train[:512], T=4)
@@ -116,7 +160,7 @@ def apply_cos(snn, x_calib: torch.Tensor, T: int, *, iterations: int = 1, batch_
     gm = out.graph_module
     for node, m in list(_neurons(gm)):
         for _ in range(iterations):
-            m.offset = m.offset - offset_spikes(gm, node.target, x_calib, T, batch_size=batch_size)
+            m.offset = m.offset + cos_shift(gm, node.target, x_calib, T, batch_size=batch_size)
     return out
 
 

@@ -42,7 +42,11 @@ class MethodFlags:
     @property
     def active(self) -> bool:
         """True when the command asked for a comparison (a method or a noise curve)."""
-        return bool(self.methods()[1:]) or self.noise is not None
+        return bool(self.methods()[1:]) or self.noise is not None or self.noise_steps is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v, tuple) else v if v is None or isinstance(v, (bool, int, float, str))
+                         else str(v)) for f in fields(self) for v in [getattr(self, f.name)]}
 
     def methods(self) -> list[Method]:
         """The plain conversion, then one row per method asked for."""
@@ -143,8 +147,8 @@ def render_comparison(comp: dict[str, Any], console, table) -> None:
         rows.append([name, *[_pct(r["snn_accuracy"]) for r in m["per_T"]]])
         erows.append([name, *[f"{r['energy_ratio']:.3f}" + (f" ({r['steps_run']})" if r["steps_run"] != r["T"]
                                                             else "") for r in m["per_T"]]])
-    console.print(table(f"{comp['dataset']}: accuracy (%) by T, methods vs the plain conversion (rate convention, "
-                        f"{comp['samples']} test samples, L = {', '.join(map(str, comp['levels']))})",
+    console.print(table(f"{comp['dataset']}, methods vs plain conversion: accuracy (%) by T ({comp['samples']} "
+                        f"samples, L = {', '.join(map(str, comp['levels']))}, rate convention)",
                         ["method", *[f"T={t}" for t in Ts]], rows))
     console.print(table("Energy E_SNN / E_ANN by T (steps actually run, when more)", ["method",
                                                                                     *[f"T={t}" for t in Ts]], erows))

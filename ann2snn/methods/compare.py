@@ -127,7 +127,7 @@ def compare_methods(model: nn.Module, data: Dataset | tuple[torch.Tensor, torch.
     n = len(y)
     qacc = clean_correct / n
     return {
-        "dataset": name, "samples": n, "T_list": Ts, "convention": "rate",
+        "dataset": name, "samples": n, "T_list": Ts, "convention": "rate", "backend": "torch (reference simulator)",
         "levels": sorted({q.levels for _, q in qcfs_modules(model)}),
         "qann_accuracy": qacc,
         "calibration": {"samples": len(calib), "split": calib_from},
@@ -192,16 +192,11 @@ class _Run:
         record = li == self.record_level
         for T, net in self.nets.items():
             x, enc = self._input(clean, noisy, level, T + self.pre)
-            per_t = self._logits(T, net, x, enc, self.monitors[T] if record else None)
-            pred = per_t.argmax(-1)  # [T, B]
-            if self.method.cos:  # a network per T: only its own T counts
-                self.correct[li, T - 1] += float((pred[-1] == yb).sum())
-                if record:
-                    self.agree[T - 1] += float((pred[-1] == q_clean.argmax(-1)).sum()) if level == 0 else 0.0
-            else:
-                self.correct[li, :T] += (pred == yb).sum(1, dtype=torch.float64)
-                if record and level == 0:
-                    self.agree[:T] += (pred == q_clean.argmax(-1)).sum(1, dtype=torch.float64)
+            pred = self._logits(T, net, x, enc, self.monitors[T] if record else None).argmax(-1)  # [T, B]
+            steps = slice(T - 1, T) if self.method.cos else slice(0, T)  # COS: a network per T, read at its T
+            self.correct[li, steps] += (pred[steps] == yb).sum(1, dtype=torch.float64)
+            if record and level == 0:
+                self.agree[steps] += (pred[steps] == q_clean.argmax(-1)).sum(1, dtype=torch.float64)
         if record:
             for m in self.monitors.values():
                 m.add_samples(len(yb))

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from ann2snn.exporters.common import STATEFUL, STATELESS
 from ann2snn.layers import QCFS, Affine, ClassToken, MatMul, Multiply, SignedQCFS
-from ann2snn.neurons import BipolarNeuron, Compensated, IFNeuron, SpikingMaxPool2d
+from ann2snn.neurons import BipolarNeuron, Compensated, IFNeuron, MultiBitNeuron, SpikingMaxPool2d
 from ann2snn.ops import RECORDS, REGISTRY, Fold, OpRecord, Spiking, record_for, stateful_kinds, stateless_kinds
 from ann2snn.ops.registry import _index
 from ann2snn.passes import DEFAULT_PASSES, run_pipeline, trace
@@ -155,6 +155,7 @@ PATTERN_SAMPLES = {
     F.gelu: (lambda: Fn(F.gelu), T3),
     Compensated: (lambda: Compensated(nn.GELU(), 1), T3),
     IFNeuron: (lambda: IFNeuron(), C2),
+    MultiBitNeuron: (lambda: MultiBitNeuron(max_spikes=2), C2),
     BipolarNeuron: (lambda: BipolarNeuron(n_min=-4, n_max=4), C2),
     SpikingMaxPool2d: (lambda: SpikingMaxPool2d(2), C2),
 }

@@ -33,8 +33,7 @@ def test_contenders_take_turns_call_by_call_and_both_clocks_are_kept():
 def test_every_contender_gets_the_threads_asked_for(monkeypatch):
     import torch
 
-    from ann2snn import bench
-    from ann2snn import runtime
+    from ann2snn import bench, runtime
 
     seen = []
     make = runtime.make_session

@@ -199,3 +199,27 @@ def test_the_written_graph_is_the_verified_one_without_probes(tmp_path, snns):
         consumed = {i for n in written.graph.node for i in n.input} | {o.name for o in written.graph.output}
         assert probes <= dropped and not dropped & consumed  # what went only made the probes
     assert V.default_batch(snn, 4) == 16 == res.verification["unrolled"]["samples"]
+
+
+def test_both_graphs_share_the_samples_where_their_outputs_agree(monkeypatch, snns):
+    """A sample whose stateful outputs equal the unrolled graph's, bit for bit, takes its operator results; a
+    stateful graph that differs is checked on its own, and a wrong one is still refused."""
+    snn = snns("digits")
+    x = V.example_batch(snn, batch=6)
+    def models():
+        return {"unrolled": build_unrolled(snn, probes=True).SerializeToString(),
+                "stateful": build_stateful(snn, probes=True)[0].SerializeToString()}
+
+    reps = V.verify_graphs(snn, models(), T=snn.T, x=x, provider="cpu")
+    assert reps["stateful"]["samples_shared_with_unrolled"] == 6
+    assert reps["unrolled"]["samples_shared_with_unrolled"] == 0
+    assert reps["stateful"]["spike_counts_compared"] == reps["unrolled"]["spike_counts_compared"]
+    target_name, target = list(snn.stateful())[1]
+    orig = common.STATEFUL["if"]
+    built = models()
+    _patch_if(monkeypatch, target, raise_by=0.05)
+    built["stateful"] = build_stateful(snn, probes=True)[0].SerializeToString()  # only the stateful graph is wrong
+    monkeypatch.setitem(common.STATEFUL, "if", orig)
+    with pytest.raises(VerificationError, match=f"stateful ONNX graph driven T times does not match the simulator at "
+                                                f"{target_name}"):
+        V.verify_graphs(snn, built, T=snn.T, x=x, provider="cpu")
