@@ -117,6 +117,7 @@ class _LayerCount:
                  unit: float | None = None) -> None:
         self.name, self.module, self.synapses, self.analog = name, module, synapses, analog
         self.unit = unit  # value of one spike when fed by multi-bit spikes (events = ⌈|x|/unit⌉), else None
+        self.rest = 0.0  # the input value that is no event (rate-coded input: a silent pixel's value)
         self.kind = type(module).__name__
         self.macs: int | None = None
         self.fan_in = synapses.fan_in(module)
@@ -150,8 +151,9 @@ class ActivityMonitor:
 
     Pass it as the simulator's observer (:func:`ann2snn.simulator.run_steps`, multi-step) with the same ``T``,
     count the samples, then read :meth:`summary`. Counts are per step, so the numbers at every T' ≤ T come from
-    the same run (the first T' steps of a T-step run are a T'-step run). ``spiking_input=True``: the network is fed
-    spikes (rate coding), so the layers that see the input count synaptic operations, not MACs.
+    the same run (the first T' steps of a T-step run are a T'-step run). ``input_rest``: the network is fed spikes
+    (rate coding) on this rest value, so no layer is analog, and a layer fed by the input counts an event wherever
+    the input differs from it.
 
     Examples:
         >>> mon = ActivityMonitor(snn.graph_module, T=8)
@@ -162,7 +164,7 @@ class ActivityMonitor:
     """
 
     def __init__(self, gm: fx.GraphModule, T: int, *, energy: EnergyModel | None = None,
-                 spiking_input: bool = False) -> None:
+                 input_rest: float | None = None) -> None:
         self.gm, self.T = gm, int(T)
         self.energy = energy or EnergyModel()
         self.samples = 0
@@ -178,10 +180,12 @@ class ActivityMonitor:
             if rec is None or node.target in self.layers or node.target in self.neurons:
                 continue
             if rec.accounting.synapses is not None:
-                # spiking_input (rate-coded input): the first layers receive spikes too, so none is analog
-                analog = not spiking_input and not _has_stateful_ancestor(node, modules, memo)
+                # input_rest (rate-coded input): the layers that see the input receive spikes too, not analog values
+                analog = input_rest is None and not _has_stateful_ancestor(node, modules, memo)
                 self.layers[node.target] = _LayerCount(node.target, m, rec.accounting.synapses, analog, self.T,
                                                        _multibit_unit(node, modules))
+                if input_rest is not None and node.args and getattr(node.args[0], "op", None) == "placeholder":
+                    self.layers[node.target].rest = float(input_rest)
             elif rec.accounting.neuron:
                 self.neurons[node.target] = _NeuronCount(node.target, m.kind, self.T, getattr(m, "spike_counts", None)
                                                          if getattr(m, "max_spikes", 1) > 1 else None)
@@ -219,7 +223,7 @@ class ActivityMonitor:
                 return
             if rec._fanout is None:
                 rec._fanout = fanout_map(rec.module, tuple(x.shape[2:]))
-            hits = (x != 0) if rec.unit is None else torch.ceil(x.abs() / rec.unit - 1e-4).clamp(min=0)
+            hits = (x != rec.rest) if rec.unit is None else torch.ceil(x.abs() / rec.unit - 1e-4).clamp(min=0)
             events = hits.sum(1, dtype=torch.float64)  # [T, ...]: events per input position, summed over B
             rec.events += events.flatten(1).sum(1).cpu()
             rec.sops += (events * rec._fanout.to(events.device)).flatten(1).sum(1).cpu()

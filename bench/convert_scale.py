@@ -62,7 +62,7 @@ def randomize(model, seed=0):
     return model.eval()
 
 torch.manual_seed(0)
-status = "ok"
+status, verification = "ok", None
 if who == "spikingjelly":
     from spikingjelly.activation_based.ann2snn import Converter, RateCodingRecipe
     ann = randomize(ann2snn.models.create(arch, act="relu"))
@@ -79,13 +79,16 @@ else:
     try:
         snn = ann2snn.convert(qann, T)
         with tempfile.TemporaryDirectory() as d:
-            ann2snn.export(snn, os.path.join(d, "m.onnx"))
+            res = ann2snn.export(snn, os.path.join(d, "m.onnx"))
+        keys = ("samples", "tie_flips", "decisions_checked", "max_error_over_magnitude", "samples_shared_with_unrolled")
+        verification = {k: {kk: v.get(kk) for kk in keys} for k, v in res.verification.items()}
     except Exception as exc:
         status = f"{type(exc).__name__}: {str(exc)[:160]}"
 w2 = time.perf_counter()
 c2 = time.process_time()
 print(json.dumps({"wall_s": w2 - w0, "convert_wall_s": w2 - w1, "cpu_s": c2 - c0, "convert_cpu_s": c2 - c1,
-                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "status": status}))
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "status": status,
+                  "verification": verification}))
 '''
 
 
@@ -139,7 +142,8 @@ def main(argv=None) -> dict:
         for who, rs in runs.items():
             ok = [r for r in rs if "wall_s" in r]
             keys = ("wall_s", "cpu_s", "maxrss_mb", "convert_wall_s", "convert_cpu_s")
-            row[who] = {"status": sorted({r["status"] for r in rs}), **{k: spread([r[k] for r in ok]) for k in keys}}
+            row[who] = {"status": sorted({r["status"] for r in rs}), **{k: spread([r[k] for r in ok]) for k in keys},
+                        "verification": next((r["verification"] for r in ok if r.get("verification")), None)}
         result["models"][arch] = row
         _print(arch, row)
     if a.json:

@@ -24,7 +24,6 @@ from ann2snn.methods import (
     apply_cos,
     apply_srp,
     compare_methods,
-    default_rate_scale,
     offset_spikes,
     parse_noise,
     parse_noise_steps,
@@ -49,29 +48,36 @@ def _tiny(**kw) -> nn.Module:
 
 
 def test_rate_code_expectation_equals_the_input():
+    """Normalized images x = (u − μ)/σ: the intensity u is coded, the message maps the spike back to the input scale;
+    its mean is x (a silent pixel sends the value of intensity 0, `low`)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(3, 5, generator=g) * 4 - 1.5  # signed, beyond [0, 1]
-    c = default_rate_scale(x)
-    assert c == pytest.approx(1 / float(x.abs().max()))
-    seq_ = rate_encode(x, 20000, scale=c, generator=g)
-    assert set(torch.unique(seq_ * c).tolist()) <= {-1.0, 0.0, 1.0}
-    sigma = (x.abs() / c - x.square()).clamp(min=0).sqrt() / math.sqrt(20000)  # std of the mean of the messages
-    assert torch.all((seq_.mean(0) - x).abs() <= 5 * sigma + 1e-6)
-    # above 1/c the probability saturates: the expectation is the clipped input
-    sat = rate_encode(torch.tensor([[3.0, -3.0, 0.25]]), 100, scale=1.0, generator=g)
-    assert sat[:, 0, :2].abs().eq(1).all() and sat.mean(0)[0, :2].tolist() == [1.0, -1.0]
+    low, high = -0.5, 2.5  # the input values of intensity 0 and 1
+    x = low + torch.rand(3, 5, generator=g) * (high - low)
+    x[0, 0] = low
+    for scale in (1.0, 0.5):
+        seq_ = rate_encode(x, 20000, scale=scale, low=low, high=high, generator=g)
+        assert set(torch.unique(seq_).tolist()) <= {low, low + (high - low) / scale}
+        u = (x - low) / (high - low)
+        sigma = (high - low) / scale * (scale * u * (1 - scale * u)).sqrt() / math.sqrt(20000)
+        assert torch.all((seq_.mean(0) - x).abs() <= 5 * sigma + 1e-6)
+        assert seq_[:, 0, 0].eq(low).all()  # intensity 0 never fires
+    # above intensity 1/c the probability saturates: the expectation is the clipped input
+    sat = rate_encode(torch.tensor([[3.0, -1.0, 0.25]]), 100, scale=1.0, generator=g)
+    assert sat[:, 0, 0].eq(1).all() and sat[:, 0, 1].eq(0).all()
 
 
 def test_rate_code_is_seeded_and_takes_per_step_images():
     x = torch.rand(4, 6)
-    a = rate_encode(x, 5, scale=1.0, generator=torch.Generator().manual_seed(3))
-    b = rate_encode(x, 5, scale=1.0, generator=torch.Generator().manual_seed(3))
+    a = rate_encode(x, 5, generator=torch.Generator().manual_seed(3))
+    b = rate_encode(x, 5, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.shape == (5, 4, 6)
     per_step = torch.stack([torch.zeros(4, 6), torch.ones(4, 6)])
-    c = rate_encode(per_step, scale=1.0)
+    c = rate_encode(per_step)
     assert c[0].eq(0).all() and c[1].eq(1).all()
     with pytest.raises(Ann2SnnError, match="positive number"):
         rate_encode(x, 5, scale=0.0)
+    with pytest.raises(Ann2SnnError, match="high > low"):
+        rate_encode(x, 5, low=1.0, high=1.0)
 
 
 # --- noise -----------------------------------------------------------------------------------------------------

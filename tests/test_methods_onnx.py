@@ -39,7 +39,7 @@ def _verified(res) -> None:
 
 def test_rate_coded_input_through_both_forms(tmp_path):
     snn = ann2snn.convert(_tiny(), T=4)
-    x = rate_encode(_images(), 4, scale=1.0, generator=torch.Generator().manual_seed(0))
+    x = rate_encode(_images(), 4, low=-0.5, high=1.0, generator=torch.Generator().manual_seed(0))
     _verified(ann2snn.export(snn, tmp_path / "r.onnx", format="both", encoding="sequence", verify_input=x))
 
 

@@ -11,11 +11,11 @@
 """
 
 from ann2snn.methods.calibrate import apply_cos, apply_srp, offset_spikes, srp_readout
-from ann2snn.methods.coding import default_rate_scale, rate_encode
+from ann2snn.methods.coding import rate_encode
 from ann2snn.methods.compare import PLAIN, Method, compare_methods
 from ann2snn.methods.noise import NoiseSpec, parse_noise, parse_noise_steps, salt_pepper
 from ann2snn.methods.readout import LIFReadout, STDPConfig, train_stdp
 
-__all__ = ["rate_encode", "default_rate_scale", "NoiseSpec", "parse_noise", "parse_noise_steps", "salt_pepper",
+__all__ = ["rate_encode", "NoiseSpec", "parse_noise", "parse_noise_steps", "salt_pepper",
            "LIFReadout", "STDPConfig", "train_stdp", "apply_cos", "apply_srp", "offset_spikes", "srp_readout",
            "Method", "PLAIN", "compare_methods"]

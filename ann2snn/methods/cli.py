@@ -25,7 +25,7 @@ class MethodFlags:
     """The methods options of one command line."""
 
     encoding: str = "direct"
-    rate_scale: float | None = None
+    rate_scale: float = 1.0
     seed: int = 0
     max_spikes: tuple[int, ...] = ()
     cos: bool = False
@@ -75,10 +75,10 @@ class MethodFlags:
 
 _OPTIONS = [
     click.option("--encoding", type=click.Choice(["direct", "rate"]), default="direct", show_default=True,
-                 help="Methods: 'rate' adds a row with Bernoulli rate-coded input (s = [c·x > U(0,1)], seeded, fed "
-                      "as a pre-encoded sequence) beside the plain (direct) conversion."),
-    click.option("--rate-scale", type=click.FloatRange(min=0, min_open=True), default=None,
-                 help="Rate coding's scale c (spike probability c·|x|); default 1/max|x| of the test data."),
+                 help="Methods: 'rate' adds a row with Bernoulli rate-coded input (s = [c·u > U(0,1)] of the "
+                      "intensity u, seeded, fed as a pre-encoded sequence) beside the plain (direct) conversion."),
+    click.option("--rate-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                 help="Rate coding's scale c: a pixel of intensity u fires with probability c·u per step."),
     click.option("--seed", type=int, default=0, show_default=True,
                  help="Seed of rate coding, the noise draws and STDP's order."),
     click.option("--max-spikes", type=click.IntRange(min=1), multiple=True,
@@ -161,10 +161,11 @@ def render_comparison(comp: dict[str, Any], console, table) -> None:
         console.print(f"[dim]{'; '.join(notes)}.[/]")
     noise = comp["noise"]
     if len(noise["levels"]) > 1 or noise["levels"][0] > 0:
-        steps = "every step" if noise["steps"] == "all" else f"the first {noise['steps'].replace('/', ' of every ')}"
+        steps = "every step" if noise["steps"] == "all" else \
+            f"the first {noise['steps'].replace('/', ' of every ')} steps"
         rows = [["ANN (QANN)", *[_pct(a) for a in noise["qann_accuracy"]]]]
         rows += [[f"SNN {name}, T={t}", *[_pct(a) for a in tab[j]]]
                  for name, tab in noise["methods"].items() for j, t in enumerate(Ts)]
         console.print(table(f"{noise['kind']} noise: accuracy (%) by fraction of pixels, ANN vs SNN (SNN noise on "
-                            f"{steps} steps; seed {noise['seed']})",
+                            f"{steps}; seed {noise['seed']})",
                             ["model", *[f"{p * 100:g}%" for p in noise["levels"]]], rows))

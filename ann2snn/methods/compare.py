@@ -18,7 +18,7 @@ from ann2snn.data import Dataset, batches
 from ann2snn.energy import ActivityMonitor, EnergyModel
 from ann2snn.errors import Ann2SnnError
 from ann2snn.methods.calibrate import apply_cos, apply_srp
-from ann2snn.methods.coding import check_rate_scale, default_rate_scale, rate_encode
+from ann2snn.methods.coding import check_rate_scale, rate_encode
 from ann2snn.methods.noise import NoiseSpec, salt_pepper, step_inputs
 from ann2snn.methods.readout import LIFReadout, STDPConfig, train_stdp
 from ann2snn.simulator import readout, run_steps
@@ -33,14 +33,15 @@ DEFAULT_CALIB_SAMPLES = 512
 class Method:
     """One way of running the converted network (each field off by default: the plain conversion).
 
-    ``encoding``: ``"direct"`` or ``"rate"`` (Bernoulli, scale ``rate_scale``; None: ``1/max|x|`` of the test
-    data); ``max_spikes``: D of multi-bit neurons; ``cos``: COS-calibrated for each T (``cos_iterations`` per
-    layer); ``srp_steps``: SRP's pre-run τ (0: none); ``readout``: a LIF read-out; ``stdp``: read-out weights
-    trained by STDP first (with ``stdp.readout`` producing the post spikes)."""
+    ``encoding``: ``"direct"`` or ``"rate"`` (Bernoulli coding of the intensity between the data's smallest and
+    largest value, scale ``rate_scale``, default 1); ``max_spikes``: D of multi-bit neurons; ``cos``:
+    COS-calibrated for each T (``cos_iterations`` per layer); ``srp_steps``: SRP's pre-run τ (0: none);
+    ``readout``: a LIF read-out; ``stdp``: read-out weights trained by STDP first (with ``stdp.readout`` producing
+    the post spikes)."""
 
     name: str
     encoding: str = "direct"
-    rate_scale: float | None = None
+    rate_scale: float = 1.0
     max_spikes: int = 1
     cos: bool = False
     cos_iterations: int = 1
@@ -51,8 +52,7 @@ class Method:
     def __post_init__(self) -> None:
         if self.encoding not in ("direct", "rate"):
             raise Ann2SnnError(f"encoding must be 'direct' or 'rate', got {self.encoding!r}")
-        if self.rate_scale is not None:
-            check_rate_scale(self.rate_scale)
+        check_rate_scale(self.rate_scale)
         if self.srp_steps < 0 or self.max_spikes < 1 or self.cos_iterations < 1:
             raise Ann2SnnError(f"method {self.name!r}: srp_steps >= 0, max_spikes >= 1, cos_iterations >= 1")
 
@@ -103,10 +103,9 @@ def compare_methods(model: nn.Module, data: Dataset | tuple[torch.Tensor, torch.
     else:
         calib, calib_from = x[:calib_samples], "test"
     lo, hi = float(x.min()), float(x.max())
-    auto_scale = default_rate_scale(x)
     shape = tuple(x.shape[1:])
     base = convert(model, T=max(Ts), input_shape=shape)
-    runs = [_Run(m, model, base, Ts, shape, calib, noise, seed, auto_scale, energy, batch_size) for m in methods]
+    runs = [_Run(m, model, base, Ts, shape, calib, noise, seed, (lo, hi), energy, batch_size) for m in methods]
     levels = noise.levels
     q_correct = torch.zeros(len(levels), dtype=torch.float64)
     clean_correct = done = 0
@@ -131,7 +130,7 @@ def compare_methods(model: nn.Module, data: Dataset | tuple[torch.Tensor, torch.
         "levels": sorted({q.levels for _, q in qcfs_modules(model)}),
         "qann_accuracy": qacc,
         "calibration": {"samples": len(calib), "split": calib_from},
-        "rate_scale_auto": auto_scale,
+        "input_range": [lo, hi],
         "methods": {r.method.name: r.result(qacc) for r in runs},
         "noise": {"kind": noise.kind, "levels": list(levels), "steps": noise.steps_label(), "seed": seed,
                   "qann_accuracy": (q_correct / n).tolist(),
@@ -142,13 +141,14 @@ def compare_methods(model: nn.Module, data: Dataset | tuple[torch.Tensor, torch.
 class _Run:
     """One method: its network(s), per-T tallies at every noise level, and its activity on clean input."""
 
-    def __init__(self, method: Method, model, base, Ts, shape, calib, noise: NoiseSpec, seed, auto_scale, energy,
+    def __init__(self, method: Method, model, base, Ts, shape, calib, noise: NoiseSpec, seed, input_range, energy,
                  batch_size) -> None:
         from ann2snn.network import convert
 
         self.method, self.Ts, self.noise = method, Ts, noise
         self.T_max = max(Ts)
-        self.scale = method.rate_scale or auto_scale
+        self.scale = method.rate_scale
+        self.low, self.high = input_range
         self.g = torch.Generator().manual_seed(seed)
         snn = base if method.max_spikes == 1 else convert(model, T=self.T_max, input_shape=shape,
                                                           max_spikes=method.max_spikes)
@@ -162,9 +162,9 @@ class _Run:
         # COS: one network per T, calibrated for it; otherwise one network read at every T
         self.nets = ({T: apply_cos(snn, calib, T, iterations=method.cos_iterations, batch_size=batch_size)
                       for T in Ts} if method.cos else {self.T_max: snn})
-        spiking_input = method.encoding == "rate"
-        self.monitors = {T: ActivityMonitor(net.graph_module, T + self.pre, energy=energy,
-                                            spiking_input=spiking_input) for T, net in self.nets.items()}
+        rest = self.low if method.encoding == "rate" else None  # rate coding: a silent pixel sends `low`
+        self.monitors = {T: ActivityMonitor(net.graph_module, T + self.pre, energy=energy, input_rest=rest)
+                         for T, net in self.nets.items()}
         L = len(noise.levels)
         self.correct = torch.zeros(L, self.T_max, dtype=torch.float64)
         self.agree = torch.zeros(self.T_max, dtype=torch.float64)
@@ -178,7 +178,8 @@ class _Run:
         else:
             x, per_step = noisy, False
         if self.method.encoding == "rate":
-            return rate_encode(x, None if per_step else steps, scale=self.scale, generator=self.g), "sequence"
+            return rate_encode(x, None if per_step else steps, scale=self.scale, low=self.low, high=self.high,
+                               generator=self.g), "sequence"
         return x, "sequence" if per_step else "direct"
 
     def _logits(self, T_run: int, net, x, encoding, monitor) -> torch.Tensor:

@@ -82,13 +82,17 @@ CASES = {
                                     nn.Flatten(), nn.Linear(18, 3), input_shape=(3, 4)),
 }
 TRANSFORMERS = {"vit-block", "vit-block-mean-pooling", "swin-block", "gelu-and-product"}
+#: cases converted with options: multi-bit neurons (rate convention only)
+OPTIONS = {"multibit": {"max_spikes": 2}}
+CASES["multibit"] = lambda: seq(conv(), q(4), conv(4, 4), q(4), nn.Flatten(), nn.Linear(4 * 36, 3))
 
 
 @lru_cache(maxsize=None)
 def _snn(case: str, convention: str):
     torch.manual_seed(0)
     model = randomize(CASES[case](), seed=1, theta=(0.5, 1.5))
-    return ann2snn.convert(model, T=L if convention == "rate" else 2 * L, convention=convention)
+    options = OPTIONS.get(case, {}) if convention == "rate" else {}
+    return ann2snn.convert(model, T=L if convention == "rate" else 2 * L, convention=convention, **options)
 
 
 @pytest.mark.parametrize("convention", CONVENTIONS)
@@ -105,6 +109,8 @@ def test_both_onnx_forms_verify(tmp_path, case, convention):
     # rate: IF for unsigned quantizers, bipolar for signed ones; exact: bounded bipolar for every quantizer
     signed = case == "signed" or case in TRANSFORMERS
     expected = {"rate": {"if"} | ({"bipolar"} if signed else set()), "exact": {"bipolar"}}[convention]
+    if case in OPTIONS and convention == "rate":
+        expected = {"multibit"}
     assert kinds - {"maxpool", "compensated"} == expected
     assert ("compensated" in kinds) == (case in TRANSFORMERS)
     assert ("maxpool" in kinds) == (case == "maxpool")
