@@ -10,8 +10,13 @@ How it measures (:func:`measure`), so that a ratio ``SNN / (T × ANN)`` means so
 - contenders take turns call by call (A B C A B C …), and each ratio is taken within one turn (the SNN's call
   against the ANN's call just before it), so a change of machine load affects both sides of every ratio;
 - each call's wall time (latency) *and* process CPU time (work, all threads) are recorded; min, median and max
-  are reported. With several threads onnxruntime's workers spin for a while after a run (``spinning``); the CPU
-  time of a call then includes that spin, and with ``spinning=False`` the workers sleep at once.
+  are reported;
+- with several threads, onnxruntime's workers sleep as soon as a run ends (``spinning=False``, the default here):
+  spinning workers keep burning a core after their call, so whatever runs next — the next contender — pays for
+  them. Measured (MNIST conv net ANN, batch 256, 2 cores shared by other jobs, per call): one thread alone 16.9 ms
+  CPU; taking turns with a spinning 2-thread session 26.0 ms (its own work is 13 ms); with a non-spinning one
+  13.3 ms, the 2-thread session 13.4 ms and 21 % lower latency. PyTorch's OpenMP threads spin too: for
+  ``threads > 1`` set ``OMP_WAIT_POLICY=PASSIVE`` before starting Python.
 
 >>> from ann2snn.bench import benchmark
 >>> result = benchmark(qann, Ts=[4], batches=[1, 256])
@@ -117,6 +122,13 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def _spinning(spinning: bool | None, threads: int | None) -> bool | None:
+    """The spinning setting used: as given, else off for several threads (module docstring), else the default."""
+    if spinning is not None:
+        return bool(spinning)
+    return False if threads is None or threads > 1 else None
+
+
 def _row(T: int, batch: int, times: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
     """One result row: per contender its wall and CPU ms (median, min, max) and samples/s; per SNN contender the
     ratios to T ANN calls, taken turn by turn (median, min, max) for wall and CPU time."""
@@ -147,7 +159,8 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
     """Time the ANN and the SNN formats of ``qann`` at every T and batch size; see the module docstring.
 
     ``threads``: intra-op threads of every contender (default 1; None: each library's own default).
-    ``spinning``: onnxruntime workers spin after a run (None: onnxruntime's default, on). ``convention``: the time
+    ``spinning``: onnxruntime workers spin after a run (None: off when ``threads > 1``, see the module docstring;
+    ``True`` keeps onnxruntime's default). ``convention``: the time
     convention the SNN is converted for (``"rate"`` or ``"exact"``). Returns ``{"provider", "convention", "note",
     "threads", "rows": [{"T", "batch", "ann_ms", "ann_cpu_ms", "unrolled_ms", "unrolled_ratio", ...}]}``.
     """
@@ -164,6 +177,7 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
     xs = {b: rng.random((b, *shape), dtype=np.float32) for b in batches}
     used = provider
     ann_sess = None
+    spinning = _spinning(spinning, threads)
     opts = {"provider": provider, "threads": threads, "spinning": spinning}
     if "ann" in include:
         ann_sess, used = make_session(relu_ann_onnx(qann, shape), **opts)
@@ -194,7 +208,7 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
                 rows.append(_row(T, b, times))
     return {"provider": used, "convention": convention, "note": ANN_NOTE,
             "threads": threads if threads is not None else "library defaults",
-            "spinning": "onnxruntime default (on)" if spinning is None else bool(spinning),
+            "spinning": "onnxruntime default" if spinning is None else bool(spinning),
             "clock": "wall = latency of one call; cpu = process CPU time of that call (all threads); ratios "
                      "SNN / (T × ANN) taken turn by turn, median [min, max]",
             "rows": rows}
@@ -207,6 +221,7 @@ def benchmark_onnx(path, *, batches=(1, 256), provider: str = "cpu", repeats: in
     weights of the QANN are not in the file): pass the QANN checkpoint for ratios."""
     from ann2snn.runtime import StatefulRunner, make_session
 
+    spinning = _spinning(spinning, threads)
     sess, used = make_session(path, provider=provider, threads=threads, spinning=spinning)
     meta = read_metadata(sess, where=repr(str(path)))
     fmt, T, shape = meta.format, meta.T, meta.input_shape

@@ -34,7 +34,8 @@ from ann2snn.cli.common import (
 @click.option("--threads", default=1, type=click.IntRange(1, 4096), show_default=True,
               help="Threads of every contender: onnxruntime intra-op threads and torch.set_num_threads.")
 @click.option("--spin/--no-spin", "spinning", default=None,
-              help="onnxruntime workers spin after a run (--threads > 1); default: onnxruntime's (spin).")
+              help="onnxruntime workers spin after a run (--threads > 1); default: no spin, so that no contender "
+                   "pays for the previous one's spinning workers.")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch simulator (slow at large batch).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,

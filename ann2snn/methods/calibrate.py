@@ -34,8 +34,8 @@ from ann2snn.neurons import IFNeuron, MultiBitNeuron, State, copy_multibit
 from ann2snn.ops.graph import set_module
 from ann2snn.simulator import readout, run_steps
 
-__all__ = ["apply_cos", "cos_shift", "offset_spikes", "COS_SHIFTS", "SRPNeuron", "apply_srp", "srp_readout",
-           "SRP_EPS"]
+__all__ = ["apply_cos", "cos_shift", "offset_spikes", "count_offset_spikes", "COS_SHIFTS", "SRPNeuron", "apply_srp",
+           "srp_readout", "SRP_EPS"]
 
 #: SRP keeps a neuron whose residual membrane after the pre-run exceeds this many thresholds (the seed's 1e-3)
 SRP_EPS = 1e-3
@@ -111,6 +111,15 @@ def offset_spikes(gm: fx.GraphModule, target: str, x: torch.Tensor, T: int, *, b
         total = psi if total is None else total + psi
         n += seq.shape[1]
     return total / n
+
+
+@torch.no_grad()
+def count_offset_spikes(gm: fx.GraphModule, target: str, x: torch.Tensor, T: int, *, batch_size: int = 256) -> float:
+    """``Σ|ψ|`` of neuron module ``target`` over the images ``x`` and its neurons: the spikes it emits too many or
+    too few after T steps (what COS reduces)."""
+    m = gm.get_submodule(target)
+    return sum(float((torch.round(m.multi_step(seq) / m.threshold).sum(0) - _ideal(m, seq.sum(0), T)).abs().sum())
+               for seq in _layer_inputs(gm, target, x, T, batch_size))
 
 
 @torch.no_grad()
