@@ -454,12 +454,13 @@ def run_fuzz(seeds, tmp_path) -> tuple[collections.Counter, list[str], collectio
     return outcomes, failures, stats
 
 
-def summary(outcomes: collections.Counter, stats: collections.Counter, seconds: float) -> str:
+def summary(outcomes: collections.Counter, stats: collections.Counter, seconds: float, cpu: float | None = None) -> str:
     total = sum(outcomes.values())
     verified = outcomes["verified", ""]
     refused = collections.Counter({r: n for (k, r), n in outcomes.items() if k == "refused"})
     failed = collections.Counter({r: n for (k, r), n in outcomes.items() if k == "failed"})
-    parts = [f"fuzz: {total} cases in {seconds:.1f} s: {verified} converted+exported+verified",
+    cpu_text = f" ({cpu:.1f} s CPU)" if cpu is not None else ""
+    parts = [f"fuzz: {total} cases in {seconds:.1f} s{cpu_text}: {verified} converted+exported+verified",
              f"{sum(refused.values())} refused ({'; '.join(f'{n}× {r}' for r, n in refused.most_common())})",
              f"{sum(failed.values())} failed ({'; '.join(f'{n}× {r}' for r, n in failed.most_common())})",
              f"exactness: {stats['samples_compared']} sample checks strict, {stats['tie_samples']} on a tie",
@@ -478,9 +479,9 @@ def one_thread():
 
 
 def test_random_qanns_convert_export_and_verify_or_are_refused(tmp_path, one_thread):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     outcomes, failures, stats = run_fuzz(range(FIRST_SEED, FIRST_SEED + CASES), tmp_path)
-    print("\n" + summary(outcomes, stats, time.perf_counter() - t0))
+    print("\n" + summary(outcomes, stats, time.perf_counter() - t0, time.process_time() - c0))
     assert not failures, f"{len(failures)} fuzz failures:\n" + "\n".join(failures[:10])
     if CASES >= 50:  # the generator must mostly make convertible graphs, and ties must stay rare
         assert outcomes["verified", ""] >= 0.5 * CASES, outcomes

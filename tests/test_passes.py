@@ -175,7 +175,7 @@ def test_unsupported_module_names_node_and_fix():
     with pytest.raises(UnsupportedNodeError) as exc:
         ann2snn.convert(m, example_input=torch.zeros(1, 4))
     msg = str(exc.value)
-    assert "Sigmoid" in msg and "call_module" in msg and "QCFS" in msg and "\n" not in msg
+    assert "Sigmoid" in msg and "layer '3'" in msg and "QCFS" in msg and "\n" not in msg
 
 
 def test_model_without_qcfs_is_refused_with_how_to_make_a_qann():

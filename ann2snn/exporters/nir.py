@@ -368,7 +368,17 @@ def _cat(b: _Builder, node: fx.Node, m) -> list[str]:
                                "concatenated); NIR export needs a network without cat")
 
 
-#: node kind -> emitter of its NIR node(s); every stateless kind of a rate-mode spiking network
+def _layout(b: _Builder, node: fx.Node, m) -> list[str]:
+    raise UnsupportedNodeError(node, "NIR has no node that permutes, slices or gathers a tensor (only Flatten); "
+                               "NIR export needs a network whose reshapes are flattens")
+
+
+def _token(b: _Builder, node: fx.Node, m) -> list[str]:
+    raise UnsupportedNodeError(node, "a class token is concatenated to the tokens, and NIR has no concatenation; "
+                               "NIR export needs a network without a class token")
+
+
+#: node kind -> emitter of its NIR node(s) or of a refusal; every stateless kind of the operator registry
 NIR_STATELESS: dict[str, Callable] = {
     "linear": _linear,
     "affine": _affine,
@@ -378,6 +388,8 @@ NIR_STATELESS: dict[str, Callable] = {
     "add": _add,
     "identity": _identity,
     "cat": _cat,
+    "layout": _layout,
+    "token": _token,
 }
 
 
@@ -444,6 +456,10 @@ _REFUSED = {
                "NIR export needs an unsigned QCFS network converted with --mode rate",
     "maxpool": "the spiking max-pool (max of accumulated spike counts) has no NIR node; use average pooling "
                "(ann2snn prepare replaces max-pool by average pooling) or convert with --maxpool error to find it",
+    "multibit": "a multi-bit neuron emits up to D spikes a step; NIR's neurons emit one. NIR export needs a network "
+                "converted without --max-spikes",
+    "compensated": "a compensated operator (product, softmax, LayerNorm, GELU of running sums) has no NIR node; "
+                   "NIR export of spiking transformers is not supported",
 }
 
 

@@ -99,7 +99,7 @@ def test_a_threshold_moved_by_one_percent_is_refused(monkeypatch, snns):
     snn = snns("resnet")
     target_name, target = list(snn.stateful())[3]
     _patch_if(monkeypatch, target, raise_by=0.01)
-    x = V.example_batch(snn, batch=4)
+    x = V.example_batch(snn, batch=2)
     for fmt in ("unrolled", "stateful"):
         with pytest.raises(VerificationError, match=f"at {target_name}: .* away from any threshold tie"):
             _verify(snn, fmt, x)
@@ -118,7 +118,7 @@ def _bump(model, name: str, index: int, delta: float) -> None:
 
 def test_a_changed_weight_is_refused_naming_the_operator(snns):
     snn = snns("resnet")
-    x = V.example_batch(snn, batch=4)
+    x = V.example_batch(snn, batch=2)
     for fmt in ("unrolled", "stateful"):
         model = build_unrolled(snn, probes=True) if fmt == "unrolled" else build_stateful(snn, probes=True)[0]
         convs = [n for n in model.graph.node if n.op_type == "Conv"]
