@@ -290,12 +290,24 @@ class SpikingMaxPool2d(StatefulModule):
         self.padding = padding
         self.dilation = dilation
         self.ceil_mode = ceil_mode
+        #: the same pooling with ``ceil_mode`` off, as ONNX pads ``[top, left, bottom, right]`` (set by
+        #: :meth:`from_module` for a known input size; None: the symmetric ``padding``). ONNX's ceil_mode keeps a
+        #: last window that starts in the padding where PyTorch drops it; explicit end pads give PyTorch's windows.
+        self.end_pads: tuple[int, int] | None = None
 
     @classmethod
-    def from_module(cls, m: nn.MaxPool2d) -> "SpikingMaxPool2d":
+    def from_module(cls, m: nn.MaxPool2d, input_size: tuple[int, int] | None = None) -> "SpikingMaxPool2d":
+        """The spiking form of ``m``; ``input_size`` (H, W) fixes :attr:`end_pads` of a ``ceil_mode`` pool."""
         if m.return_indices:
             raise ValueError("max-pool with return_indices cannot be converted")
-        return cls(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+        pool = cls(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+        if m.ceil_mode and input_size is not None:
+            out = pool._pool(torch.zeros(1, 1, *input_size)).shape[-2:]
+            pool.end_pads = tuple(  # the last window ends at (o - 1)·s + d·(k − 1) + 1 − p
+                (o - 1) * s + d * (k - 1) + 1 - i - p for o, i, k, s, p, d in zip(
+                    out, input_size, *(_pair(v) for v in (pool.kernel_size, pool.stride, pool.padding,
+                                                          pool.dilation))))
+        return pool
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
@@ -316,6 +328,10 @@ class SpikingMaxPool2d(StatefulModule):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def _running_sum(x: torch.Tensor) -> torch.Tensor:

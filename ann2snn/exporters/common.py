@@ -481,8 +481,11 @@ def _bipolar_unrolled(em: Emitter, m: BipolarNeuron, xs, T: int, *, shifted: boo
     if not isinstance(x, list):
         a = x if inv is None else em.op("Mul", [x, inv])
         counts = _constant_input_counts(em, a, T, m.shift, -1.0 if m.signed else 0.0, schedule)
+        # |count_t| <= t: a bound b needs enforcing from step |b| + 1 on (the count tracks clip(f_t) exactly)
         if hi < T:
             counts = [c if t <= hi else em.op("Min", [c, em.scalar(hi)]) for t, c in enumerate(counts, start=1)]
+        if lo < 0 and -lo < T:
+            counts = [c if t <= -lo else em.op("Max", [c, em.scalar(lo)]) for t, c in enumerate(counts, start=1)]
     else:
         counts, c = [], None
         for X in x:
@@ -525,8 +528,14 @@ def _bipolar_step(em: Emitter, m: BipolarNeuron, xs, states):
 
 
 def _maxpool_attrs(m: SpikingMaxPool2d) -> dict:
-    return {"kernel_shape": _pair(m.kernel_size), "strides": _pair(m.stride), "pads": _pair(m.padding) * 2,
-            "dilations": _pair(m.dilation), "ceil_mode": int(m.ceil_mode)}
+    pads, ceil = _pair(m.padding), int(m.ceil_mode)
+    end_pads = getattr(m, "end_pads", None)
+    if end_pads is not None:  # PyTorch's ceil_mode windows as explicit end pads (see SpikingMaxPool2d.end_pads)
+        pads, ceil = [*pads, *end_pads], 0
+    else:
+        pads = pads * 2
+    return {"kernel_shape": _pair(m.kernel_size), "strides": _pair(m.stride), "pads": pads,
+            "dilations": _pair(m.dilation), "ceil_mode": ceil}
 
 
 def _maxpool_unrolled(em: Emitter, m: SpikingMaxPool2d, xs, T: int, *, shifted: bool = False,

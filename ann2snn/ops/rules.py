@@ -341,7 +341,7 @@ def maxpool_to_spiking(m: nn.Module, node: fx.Node, options: SpikingOptions) -> 
             "(nn.AvgPool2d) or convert with maxpool='spiking' (CLI: --maxpool spiking)"
         )
     try:
-        return SpikingMaxPool2d.from_module(m), {}
+        return SpikingMaxPool2d.from_module(m, tuple(shape_of(node.args[0])[-2:])), {}
     except ValueError as exc:
         raise UnsupportedNodeError(node, str(exc)) from exc
 

@@ -59,6 +59,20 @@ def _check_positive(node: fx.Node, what: str, theta: torch.Tensor) -> None:
         )
 
 
+def _keeps_channels(node: fx.Node) -> bool:
+    """Whether a pooling / mean node keeps dim 1 (the channels) where it was, each output channel made of its own
+    input channel only: a per-channel scale then commutes with it. A mean over dim 1 does not, even when another
+    dim of its output happens to have as many entries (``[B, C, H, W] -> [B, H, W]`` with ``H == C``)."""
+    out_shape, in_shape = shape_of(node), shape_of(node.args[0])
+    if len(out_shape) < 2 or out_shape[1] != in_shape[1]:
+        return False
+    if node.op == "call_module":
+        return True  # pooling modules: [B, C, ...] -> [B, C, ...]
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = [dims] if isinstance(dims, int) else list(dims or ())
+    return bool(dims) and all(d % len(in_shape) >= 2 for d in dims)
+
+
 class _Folder:
     def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
@@ -138,7 +152,7 @@ class _Folder:
             return
         vec = only_along(s, len(shape_of(src)), 1)
         out_ndim = len(shape_of(node))
-        if vec is None or (vec.numel() > 1 and (out_ndim < 2 or shape_of(node)[1] != vec.numel())):
+        if vec is None or (vec.numel() > 1 and not _keeps_channels(node)):
             self.request(src, None, node)  # pooling mixes positions with different scales: make them 1
             self.scale[node] = None
             return
@@ -229,7 +243,7 @@ class _Folder:
         if self.role(node) is Fold.RESHAPE:
             return self._layout_target_before(node, target)
         vec = only_along(target, len(shape_of(node)), 1)
-        if vec is None:
+        if vec is None or (vec.numel() > 1 and not _keeps_channels(node)):
             return False
         return vec.reshape([1, -1] + [1] * (len(src_shape) - 2)) if vec.numel() > 1 else vec.reshape(
             [1] * len(src_shape))
