@@ -393,6 +393,16 @@ def prepare(model: nn.Module | str | os.PathLike, calibration: Any = None, *, le
     return result.eval()
 
 
+def _takes_pool(builder) -> bool:
+    """Whether an architecture builder has a ``pool`` parameter (``pool="avg"`` rebuilds it average-pooled)."""
+    import inspect
+
+    try:
+        return builder is not None and "pool" in inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _check_prepare_args(model, *, levels, granularity, method, percentile, maxpool, init_threshold) -> nn.Module:
     """The model (loaded when given as a file), after checking prepare's options; raises on the first bad one."""
     if isinstance(model, (str, os.PathLike)):
@@ -431,8 +441,8 @@ def _rebuild_in_zoo(source: nn.Module, gm: fx.GraphModule, sites: list[_Site], *
         kw.update(act="signed", alpha=slopes.pop())
         if learn_negative:
             kw["learn_negative"] = True
-    if swapped and kw.get("pool") == "max":
-        kw["pool"] = "avg"
+    if swapped and (kw.get("pool") == "max" or "pool" not in kw and _takes_pool(models.available().get(arch))):
+        kw["pool"] = "avg"  # the max-pools were swapped: the rebuilt model pools by average (its default may be max)
     try:
         zoo = models.create(arch, **kw)
         zoo.load_state_dict(gm.state_dict(), strict=True)

@@ -294,3 +294,23 @@ def test_prepare_cli_leaky(tmp_path, capsys):
     assert "2 signed" in capsys.readouterr().out
     qann = ann2snn.load(tmp_path / "ann.qann.pt")
     assert [q.negative for _, q in qcfs_modules(qann)] == ["learned", "learned"]
+
+
+def test_a_builder_that_max_pools_by_default_is_rebuilt_average_pooled(monkeypatch):
+    """A user's builder whose ``pool`` defaults to max: prepare swaps the max-pools and rebuilds the architecture
+    with ``pool="avg"`` (not only when ``pool="max"`` was passed explicitly), so the result is the zoo-style model."""
+    from ann2snn.models.registry import REGISTRY, register
+
+    def user_maxnet(act="relu", pool="max", levels=4, granularity="layer", positive="softplus", shift=0.5):
+        act_layer = nn.ReLU if act == "relu" else (lambda: ann2snn.layers.QCFS(levels, shift=shift))
+        m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), act_layer(), nn.MaxPool2d(2) if pool == "max" else
+                          nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64, 3))
+        m.input_shape = (1, 8, 8)
+        return m
+
+    monkeypatch.setitem(REGISTRY, "user-maxnet", user_maxnet)
+    register("user-maxnet")(user_maxnet)
+    qann = prepare(ann2snn.models.create("user-maxnet"), torch.rand(32, 1, 8, 8))
+    assert getattr(qann, "arch_name", None) == "user-maxnet" and qann.arch_kwargs["pool"] == "avg"
+    assert not any(isinstance(m, nn.MaxPool2d) for m in qann.modules())
+    assert any(isinstance(m, nn.AvgPool2d) for m in qann.modules())
