@@ -23,6 +23,7 @@ import torch
 import ann2snn
 from ann2snn.cli.main import main
 from ann2snn.data import Preprocessing
+from tests.test_cli import run_cli
 
 
 def _idx(data: bytes, magic: int, dims: list[int]) -> bytes:
@@ -171,16 +172,6 @@ CASES = [
 
 def _snapshot(*dirs: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for d in dirs if d.exists() for p in d.rglob("*")}
-
-
-def run_cli(args, capsys):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("case,argv,expect", CASES, ids=[c[0] for c in CASES])
