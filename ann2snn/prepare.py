@@ -379,16 +379,16 @@ def prepare(model: nn.Module | str | os.PathLike, calibration: Any = None, *, le
     gm.delete_all_unused_submodules()
     gm.recompile()
 
-    result, rebuilt = _rebuild_in_zoo(source, gm, sites, levels=levels, granularity=granularity, positive=positive,
-                                      shift=shift, swapped=bool(swapped), example=example_input,
-                                      learn_negative=learn_negative)
+    result, rebuilt, why_not = _rebuild_in_zoo(source, gm, sites, levels=levels, granularity=granularity,
+                                               positive=positive, shift=shift, swapped=bool(swapped),
+                                               example=example_input, learn_negative=learn_negative)
     shape = getattr(source, "input_shape", None)
     if shape is not None:
         result.input_shape = tuple(shape)
     result.prepare_report = {
         "activations": report_sites, "maxpool_swapped": swapped, "levels": levels, "granularity": granularity,
         "calibration": None if calibration is None else {"method": method, "percentile": percentile},
-        "learn_negative": learn_negative, "rebuilt_as": rebuilt,
+        "learn_negative": learn_negative, "rebuilt_as": rebuilt, "not_rebuilt_because": why_not,
     }
     return result.eval()
 
@@ -427,13 +427,20 @@ def _check_prepare_args(model, *, levels, granularity, method, percentile, maxpo
 
 
 def _rebuild_in_zoo(source: nn.Module, gm: fx.GraphModule, sites: list[_Site], *, levels, granularity, positive,
-                    shift, swapped, example, learn_negative) -> tuple[nn.Module, str | None]:
-    """The zoo's own QCFS model with ``gm``'s weights when it computes exactly what ``gm`` does, else ``gm``."""
+                    shift, swapped, example, learn_negative) -> tuple[nn.Module, str | None, str | None]:
+    """``(model, arch, None)``: the registered architecture rebuilt as a QANN with ``gm``'s weights, when it computes
+    exactly what ``gm`` does; else ``(gm, None, why not)``.
+
+    The builder is called with the ANN's own arguments plus ``act="qcfs"`` (``"signed"``), ``levels``,
+    ``granularity``, ``positive``, ``shift`` (and ``pool="avg"`` after a max-pool swap); its QCFS modules must
+    carry the names prepare gives them: the replaced activation module's name, or the fx node name (``relu``,
+    ``relu_1``, ...) for a functional ``F.relu`` / ``torch.relu``."""
     from ann2snn import models
 
     arch = getattr(source, "arch_name", None)
     if arch is None:
-        return gm, None
+        return gm, None, ("the ANN was not built by a registered architecture; build it with ann2snn.models.create "
+                          "from a builder registered with @ann2snn.models.register (--arch-module)")
     kw = dict(getattr(source, "arch_kwargs", {}) or {})
     kw.update(act="qcfs", levels=levels, granularity=granularity, positive=positive, shift=shift)
     slopes = {s.slope for s in sites if s.kind == "leaky"}
@@ -445,19 +452,37 @@ def _rebuild_in_zoo(source: nn.Module, gm: fx.GraphModule, sites: list[_Site], *
         kw["pool"] = "avg"  # the max-pools were swapped: the rebuilt model pools by average (its default may be max)
     try:
         zoo = models.create(arch, **kw)
+    except (Ann2SnnError, TypeError, ValueError) as exc:
+        return gm, None, f"{arch}({_kwargs_text(kw)}) failed: {exc}"
+    mine, theirs = set(gm.state_dict()), set(zoo.state_dict())
+    if mine != theirs:
+        return gm, None, (f"{arch}({_kwargs_text(kw)}) has other parameter names than the prepared model (only in "
+                          f"the rebuilt one: {_names(theirs - mine)}; only in the prepared one: {_names(mine - theirs)}"
+                          "); name each QCFS as the activation it replaces (a functional relu: its node name)")
+    try:
         zoo.load_state_dict(gm.state_dict(), strict=True)
-    except (Ann2SnnError, RuntimeError):
-        return gm, None
+    except RuntimeError as exc:
+        return gm, None, f"{arch}({_kwargs_text(kw)}) cannot take the prepared weights: {str(exc).splitlines()[-1]}"
     zoo.to(_device(gm)).eval()
     from ann2snn.network import example_input_for
 
     try:
         x = example_input_for(source, example, batch=4)
-    except Ann2SnnError:
-        return gm, None
+    except Ann2SnnError as exc:
+        return gm, None, f"no input to compare the rebuilt model on: {exc}"
     x = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * 2 if example is None else x
     with torch.no_grad():
         x = x.to(_device(gm))
         if not torch.equal(zoo(x), gm(x)):
-            return gm, None
-    return zoo, arch
+            return gm, None, (f"{arch}({_kwargs_text(kw)}) computes something else than the prepared model (its QCFS "
+                              "or pooling placement differs from the ANN's activations and pools)")
+    return zoo, arch, None
+
+
+def _kwargs_text(kw: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kw.items())
+
+
+def _names(names: set[str], most: int = 4) -> str:
+    names = sorted(names)
+    return (", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")) or "none"

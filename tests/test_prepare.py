@@ -314,3 +314,21 @@ def test_a_builder_that_max_pools_by_default_is_rebuilt_average_pooled(monkeypat
     assert getattr(qann, "arch_name", None) == "user-maxnet" and qann.arch_kwargs["pool"] == "avg"
     assert not any(isinstance(m, nn.MaxPool2d) for m in qann.modules())
     assert any(isinstance(m, nn.AvgPool2d) for m in qann.modules())
+
+
+def test_a_builder_whose_qcfs_names_differ_is_named_in_the_reason(monkeypatch):
+    """A builder that puts its QCFS under other names than the ANN's activations: prepare keeps the traced model
+    and says why it could not rebuild it (the parameter names on each side), which the CLI prints in one line."""
+    from ann2snn.models.registry import REGISTRY, register
+
+    def user_net(act="relu", levels=4, granularity="layer", positive="softplus", shift=0.5):
+        if act == "relu":
+            return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        return nn.Sequential(nn.Linear(4, 4), nn.Sequential(ann2snn.layers.QCFS(levels)), nn.Linear(4, 2))
+
+    monkeypatch.setitem(REGISTRY, "user-renamed", user_net)
+    register("user-renamed")(user_net)
+    qann = prepare(ann2snn.models.create("user-renamed"), torch.rand(16, 4))
+    why = qann.prepare_report["not_rebuilt_because"]
+    assert qann.prepare_report["rebuilt_as"] is None and "\n" not in why
+    assert "other parameter names" in why and "1.0.lam" in why and "1.lam" in why, why

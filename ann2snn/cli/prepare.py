@@ -78,9 +78,8 @@ def prepare_cmd(model, output, levels, granularity, softplus, data, samples, met
     qann.preprocessing = pre
     rep = qann.prepare_report
     if getattr(qann, "arch_name", None) is None:
-        raise Ann2SnnError("the prepared model does not match a registered architecture, so it cannot be saved "
-                           "safely; build the ANN with ann2snn.models.create(..., act='relu' or 'leaky') or register a "
-                           "builder that takes act='qcfs' / 'signed' (--arch-module)")
+        raise Ann2SnnError(f"the prepared model cannot be saved as a registered architecture: "
+                           f"{rep['not_rebuilt_because']}")
     ann2snn.save(qann, out, meta={"prepared_from": str(model), "prepare": rep}, force=force)
     if as_json:
         print_json({"output": str(out), **rep})
