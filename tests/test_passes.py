@@ -178,6 +178,28 @@ def test_unsupported_module_names_node_and_fix():
     assert "Sigmoid" in msg and "layer '3'" in msg and "QCFS" in msg and "\n" not in msg
 
 
+class _SigmoidHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.q = nn.Linear(4, 4), QCFS(2)
+
+    def forward(self, x):
+        x = self.q(self.fc(x))
+        return torch.sigmoid(x)  # the line the error must name
+
+
+def test_unsupported_function_names_the_call_and_the_users_source_line():
+    import inspect
+
+    with pytest.raises(UnsupportedNodeError) as exc:
+        ann2snn.convert(_SigmoidHead(), example_input=torch.zeros(1, 4))
+    msg = str(exc.value)
+    line = next(i for i, text in enumerate(inspect.getsourcelines(_SigmoidHead.forward)[0]) if "sigmoid" in text)
+    lineno = _SigmoidHead.forward.__code__.co_firstlineno + line
+    assert f'File "{__file__}", line {lineno}, in forward' in msg, msg
+    assert "call of torch.sigmoid" in msg and "call_function" not in msg and "\n" not in msg
+
+
 def test_model_without_qcfs_is_refused_with_how_to_make_a_qann():
     with pytest.raises(ConversionError, match="no QCFS activation"):
         ann2snn.convert(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), example_input=torch.zeros(1, 4))

@@ -143,6 +143,5 @@ def _raise_unsupported(node: fx.Node, modules: dict[str, nn.Module]) -> None:
         what = type(modules[node.target]).__name__
         reason = f"{what} has no spiking equivalent in ann2snn; {_FIXES['call_module']}"
     else:
-        name = getattr(node.target, "__name__", str(node.target))
-        reason = f"{node.op} {name!r} has no spiking equivalent in ann2snn; {_FIXES[node.op]}"
+        reason = f"it has no spiking equivalent in ann2snn; {_FIXES[node.op]}"
     raise UnsupportedNodeError(node, reason)
