@@ -438,8 +438,10 @@ class MultiBitNeuron(StatefulModule):
 
     Args:
         threshold: θ, the value of one spike (float or a tensor of one step's shape).
-        shift: φ; max_spikes: D ≥ 1.
-        levels, period: the spike budget (both or neither).
+        shift: φ.
+        max_spikes: D ≥ 1.
+        levels: the spike budget: at most ``levels`` spikes per ``period`` steps (with ``period``, or neither).
+        period: the budget's period in steps.
         offset: δ, added to the initial membrane in units of θ (one step's shape or broadcastable): the
             calibrated offsets of COS (:mod:`ann2snn.methods.calibrate`).
     """
