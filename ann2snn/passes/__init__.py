@@ -18,13 +18,13 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
-from ann2snn.errors import Ann2SnnError, ConversionError
+from ann2snn.errors import Ann2SnnError, ConversionError, UnsupportedNodeError
 from ann2snn.passes.fold_batchnorm import fold_batchnorm
 from ann2snn.passes.fold_thresholds import fold_thresholds
 from ann2snn.passes.graph import PassResult
 from ann2snn.passes.normalize import normalize
 from ann2snn.passes.to_spiking import to_spiking
-from ann2snn.passes.trace import trace
+from ann2snn.passes.trace import source_stack, trace
 
 __all__ = ["trace", "normalize", "fold_batchnorm", "fold_thresholds", "to_spiking", "run_pipeline", "PassResult",
            "ConversionReport", "PassRecord", "DEFAULT_PASSES"]
@@ -93,6 +93,19 @@ def _pass_options(options: dict[str, dict[str, Any]] | None, passes) -> dict[str
     return options
 
 
+def _with_source_line(exc: UnsupportedNodeError, model: nn.Module) -> UnsupportedNodeError:
+    """``exc`` naming the user's source line of its node, found by tracing ``model`` again with stack traces (the
+    first trace skips them: recording costs ~2 s of imports); ``exc`` itself when there is none."""
+    node = exc.node
+    if not isinstance(node, fx.Node) or node.meta.get("stack_trace"):
+        return exc
+    stack = source_stack(model, node.name)
+    if not stack:
+        return exc
+    node.meta["stack_trace"] = stack
+    return UnsupportedNodeError(node, exc.reason)
+
+
 def run_pipeline(
     model: nn.Module,
     *,
@@ -124,6 +137,8 @@ def run_pipeline(
         try:
             with torch.no_grad():
                 result = fn(gm, **options.get(name, {}))
+        except UnsupportedNodeError as exc:
+            raise _with_source_line(exc, model) from exc
         except Ann2SnnError:
             raise
         except Exception as exc:

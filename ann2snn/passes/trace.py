@@ -9,7 +9,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ann2snn.errors import ConversionError
+from ann2snn.errors import Ann2SnnError, ConversionError
 from ann2snn.neurons import StatefulModule
 from ann2snn.ops import REGISTRY
 
@@ -22,18 +22,21 @@ LEAF_MODULES: tuple[type, ...] = (StatefulModule, *dict.fromkeys(
 class Ann2SnnTracer(fx.Tracer):
     """A tracer that keeps ann2snn layers whole; torch.nn modules are leaves as usual."""
 
-    def __init__(self, leaf_modules: tuple[type, ...] = LEAF_MODULES) -> None:
+    def __init__(self, leaf_modules: tuple[type, ...] = LEAF_MODULES, *, stack_traces: bool = False) -> None:
         super().__init__()
         self.leaf_modules = leaf_modules
-        self.record_stack_traces = True  # errors name the user's source line (node.meta["stack_trace"])
+        # node.meta["stack_trace"]: the user's source line, for error messages. Off by default: recording makes
+        # torch.fx import torch._dynamo (~2 s of CPU per process); run_pipeline traces again with it on an error.
+        self.record_stack_traces = stack_traces
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self.leaf_modules) or super().is_leaf_module(m, qualname)
 
 
-def symbolic_trace(model: nn.Module, *, leaf_modules=LEAF_MODULES) -> fx.GraphModule:
-    """torch.fx's symbolic trace with ann2snn layers as leaves; an untraceable model is a one-line error."""
-    tracer = Ann2SnnTracer(leaf_modules)
+def symbolic_trace(model: nn.Module, *, leaf_modules=LEAF_MODULES, stack_traces: bool = False) -> fx.GraphModule:
+    """torch.fx's symbolic trace with ann2snn layers as leaves; an untraceable model is a one-line error.
+    ``stack_traces``: record each node's source line in ``node.meta["stack_trace"]`` (slower)."""
+    tracer = Ann2SnnTracer(leaf_modules, stack_traces=stack_traces)
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError, ... for Python control flow
@@ -64,3 +67,15 @@ def trace(model: nn.Module, *, example_input: torch.Tensor, leaf_modules=LEAF_MO
             "pass the input shape the model was trained on (--input-shape C,H,W)"
         ) from exc
     return gm
+
+
+def source_stack(model: nn.Module, node_name: str, *, leaf_modules=LEAF_MODULES) -> str | None:
+    """The stack trace (user's source line) of the node named ``node_name`` in a fresh trace of ``model`` that
+    records them; None when the model does not trace or has no such node. Node names are deterministic, so this
+    finds the node of an earlier trace without stack traces."""
+    try:
+        gm = symbolic_trace(model, leaf_modules=leaf_modules, stack_traces=True)
+    except Ann2SnnError:
+        return None
+    node = next((n for n in gm.graph.nodes if n.name == node_name), None)
+    return None if node is None else node.meta.get("stack_trace")
