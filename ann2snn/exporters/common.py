@@ -165,10 +165,20 @@ def _bias(em: Emitter, m: nn.Module, k: float, offset: float, n_out: int):
     return em.const(b, key=(id(m), "b", k, offset), hint="b")
 
 
-def _conv(em: Emitter, node, m: nn.Module, xs, k, shapes, offset: float = 0.0):
+def _conv(em: Emitter, node, m: nn.Module, xs, k, shapes, offset: float = 0.0, negate: bool = False,
+          with_bias: bool = True):
+    """A conv / linear layer; ``negate``: emit ``−(W·x + k·b + offset)`` (Conv2d only); ``with_bias=False``: no
+    constant part at all (the caller adds it)."""
+    if negate:  # −(W·x + k·b + offset): the sign rides on the weights and the bias (exact in float)
+        if not isinstance(m, nn.Conv2d):
+            raise UnsupportedNodeError(node, "only a Conv2d emits its output negated")
+        w = em.const(-m.weight.detach(), key=(id(m), "w", "neg"), hint="w_neg")
+        b = (m.bias.detach() * k if m.bias is not None else torch.zeros(m.out_channels)) + offset
+        b = em.const(-b, key=(id(m), "b", k, offset, "neg"), hint="b_neg")
+        return em.op("Conv", [xs[0], w, b], _conv_attrs(m, 2), hint="conv")
     if isinstance(m, nn.Linear):
         w = em.const(m.weight, key=(id(m), "w"), hint="w")
-        bias = _bias(em, m, k, offset, m.out_features)
+        bias = _bias(em, m, k, offset, m.out_features) if with_bias else None
         inputs = [xs[0], w] + ([bias] if bias is not None else [])
         if len(shapes[node.args[0]]) == 1:
             return em.op("Gemm", inputs, {"transB": 1}, hint="gemm")
@@ -179,17 +189,45 @@ def _conv(em: Emitter, node, m: nn.Module, xs, k, shapes, offset: float = 0.0):
         raise UnsupportedNodeError(node, f"{type(m).__name__} is not exported to ONNX; use Conv2d/Conv1d/Linear")
     if m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise UnsupportedNodeError(node, "only zero padding given as numbers is exported; set padding=(p, p)")
-    nd = 1 if isinstance(m, nn.Conv1d) else 2
-    attrs = {"strides": _pair(m.stride, nd), "dilations": _pair(m.dilation, nd), "group": m.groups,
-             "kernel_shape": _pair(m.kernel_size, nd), "pads": _pair(m.padding, nd) * 2}
+    attrs = _conv_attrs(m, 1 if isinstance(m, nn.Conv1d) else 2)
     inputs = [xs[0], em.const(m.weight, key=(id(m), "w"), hint="w")]
-    bias = _bias(em, m, k, offset, m.out_channels)
+    bias = _bias(em, m, k, offset, m.out_channels) if with_bias else None
     if bias is not None:
         inputs.append(bias)
     return em.op("Conv", inputs, attrs, hint="conv")
 
 
+def _conv_attrs(m: nn.Module, nd: int) -> dict:
+    return {"strides": _pair(m.stride, nd), "dilations": _pair(m.dilation, nd), "group": m.groups,
+            "kernel_shape": _pair(m.kernel_size, nd), "pads": _pair(m.padding, nd) * 2}
+
+
+#: a per-channel Affine on ``[B, C, H, W]`` is emitted as a depthwise 1×1 Conv (the same product, bit for bit) when C is
+#: a multiple of this: onnxruntime runs it in its blocked layout, where a Mul by a ``[C, 1, 1]`` constant leaves it
+AFFINE_AS_CONV_CHANNELS = 8
+
+
+def _affine_conv(em, node, m: Affine, x, k, shapes, offset: float):
+    """``w ⊙ x + (k·b + offset)`` as ``Conv(x, w[C, 1, 1, 1], group=C)``, or None when the Affine is not per-channel
+    on a ``[B, C, H, W]`` value."""
+    shape = shapes[node.args[0]]
+    C = shape[0] if len(shape) == 3 else 0
+    if not AFFINE_AS_CONV_CHANNELS or C % AFFINE_AS_CONV_CHANNELS or m.weight.numel() != C \
+            or tuple(m.weight.shape)[-2:] != (1, 1) \
+            or (m.bias is not None and m.bias.numel() != 1 and (m.bias.numel() != C or m.bias.shape[-2:] != (1, 1))):
+        return None
+    w = em.const(m.weight.reshape(C, 1, 1, 1), key=(id(m), "w_dw"), hint="aw_dw")
+    inputs = [x, w]
+    if m.bias is not None or offset != 0.0:
+        b = (m.bias.reshape(-1).expand(C) * k if m.bias is not None else torch.zeros(C)) + offset
+        inputs.append(em.const(b, key=(id(m), "b_dw", k, offset), hint="ab_dw"))
+    return em.op("Conv", inputs, {"group": C, "kernel_shape": [1, 1]}, hint="affine_conv")
+
+
 def _affine(em, node, m: Affine, xs, k, shapes, offset: float = 0.0):
+    y = _affine_conv(em, node, m, xs[0], k, shapes, offset)
+    if y is not None:
+        return y
     y = em.op("Mul", [xs[0], em.const(m.weight, key=(id(m), "w"), hint="aw")])
     if m.bias is None and offset == 0.0:
         return y
@@ -383,6 +421,7 @@ class StatefulBuilder:
     unrolled: Callable
     step: Callable
     input_offset: Callable = lambda m: None
+    negatable: Callable = lambda m: False
 
 
 def _constant_input_counts(em: Emitter, a, T: int, shift: float, lo: float, schedule: TimeSchedule):
@@ -400,7 +439,13 @@ def _constant_input_counts(em: Emitter, a, T: int, shift: float, lo: float, sche
     return counts
 
 
-def _if_unrolled(em: Emitter, m: IFNeuron, xs, T: int, *, shifted: bool = False, schedule: TimeSchedule = RATE):
+#: HardSigmoid(α·d + 1) with this α is the step ``[d ≤ 0]`` for every float32 d but subnormals: |α·d| ≥ 2 for
+#: |d| ≥ 2⁻¹²⁶ (and ±inf beyond 2); a subnormal d would need weights below ~2⁻¹⁰⁰
+STEP_ALPHA = -(2.0 ** 127)
+
+
+def _if_unrolled(em: Emitter, m: IFNeuron, xs, T: int, *, shifted: bool = False, schedule: TimeSchedule = RATE,
+                 negated: bool = False):
     """IF over T steps on accumulated inputs; returns accumulated outputs (spike counts ``c_t``).
 
     ``shifted``: the producer already subtracted ``1 − φ`` (folded into its bias, see ``OFFSETTABLE``), so a
@@ -418,6 +463,12 @@ def _if_unrolled(em: Emitter, m: IFNeuron, xs, T: int, *, shifted: bool = False,
         counts, c = [], None
         for X in x:
             X = X if inv is None else em.op("Mul", [X, inv])
+            if negated:  # X is −X'_t: fire when c_{t−1} − X'_t ≤ 0, a step onnxruntime fuses into the conv
+                d = X if c is None else em.op("Add", [X, c])
+                s = em.op("HardSigmoid", [d], {"alpha": STEP_ALPHA, "beta": 1.0})
+                c = s if c is None else em.op("Add", [c, s])
+                counts.append(c)
+                continue
             if shifted:
                 ge = em.op("GreaterOrEqual", [X, em.scalar(0.0) if c is None else c], dtype=np.bool_)
             else:
@@ -432,6 +483,11 @@ def _if_unrolled(em: Emitter, m: IFNeuron, xs, T: int, *, shifted: bool = False,
 def if_input_offset(m: IFNeuron) -> float | None:
     """The constant a producer may fold into its bias for :func:`_if_unrolled` (``shifted=True``)."""
     return -(1.0 - m.shift) if m.unit_threshold else None
+
+
+def if_negatable(m: IFNeuron) -> bool:
+    """Whether :func:`_if_unrolled` takes its shifted input negated (``negated=True``) from a Conv2d producer."""
+    return m.unit_threshold
 
 
 def _if_step(em: Emitter, m: IFNeuron, xs, states):
@@ -629,7 +685,8 @@ def _compensated_step(em: Emitter, m: Compensated, xs, states):
 
 #: StatefulModule.kind -> its builder; both exporters treat every stateful operator through this table.
 STATEFUL: dict[str, StatefulBuilder] = {
-    "if": StatefulBuilder(unrolled=_if_unrolled, step=_if_step, input_offset=if_input_offset),
+    "if": StatefulBuilder(unrolled=_if_unrolled, step=_if_step, input_offset=if_input_offset,
+                          negatable=if_negatable),
     "bipolar": StatefulBuilder(unrolled=_bipolar_unrolled, step=_bipolar_step, input_offset=bipolar_input_offset),
     "maxpool": StatefulBuilder(unrolled=_maxpool_unrolled, step=_maxpool_step),
     "compensated": StatefulBuilder(unrolled=_compensated_unrolled, step=_compensated_step),

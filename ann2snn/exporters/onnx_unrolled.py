@@ -17,18 +17,42 @@ How the graph is laid out, and why (each choice measured on onnxruntime CPU):
   were ~25 % of the graph's time).
 - A neuron's comparison constant ``1 − φ`` is folded into the bias of the conv / linear that feeds it, so a
   hidden IF step is GreaterOrEqual, Cast, Add.
+- A hidden IF neuron whose only input is a Conv2d gets ``−X'_t`` from it (weights and bias negated: exact in
+  float) and steps as ``d = −X'_t + c_{t−1}`` (Add), ``s = HardSigmoid(α·d + 1)`` with ``α = −2¹²⁷``,
+  ``c_t = c_{t−1} + s``. For every float32 ``d`` but subnormals (which would need weights below ~2⁻¹⁰⁰)
+  ``|α·d| ≥ 2`` or ``d = 0``, so the HardSigmoid is exactly ``[d ≤ 0] = [X'_t ≥ c_{t−1}]``, the spike; and the sum
+  ``−X'_t + c_{t−1}`` is exact where it is near 0 (Sterbenz), so the decision is the comparison's. Why: onnxruntime
+  keeps a conv's output in its blocked NCHWc layout only through Add / Sum / Mul of two blocked tensors and
+  Relu / Clip / Sigmoid / HardSigmoid (measured on 1.32: GreaterOrEqual, Cast, Sub, Max, Min, Floor and Add of a
+  scalar each cost a reorder out and one back in), and it fuses the Add and the HardSigmoid into the conv: per
+  step and layer 5 passes over memory (reorder, GreaterOrEqual, Cast, Add, reorder) become one (the count's Add).
+  Interleaved A/B, single-threaded CPU time, new ÷ old per turn, median [min–max]: ResNet-20 T = 4 0.93 [0.81–1.05]
+  at batch 1, 0.95 [0.94–0.96] at 32, 0.95 [0.93–0.97] at 256; T = 16 0.93–0.98; MNIST conv net T = 4 0.93–0.97;
+  VGG-16 0.96–1.02 (its convolutions dominate). Neurons fed by a residual Add keep the comparison: negating the
+  shortcut needs a Sub or a Neg, which leave the layout, and carrying the count of non-spikes instead would put
+  ``t − 1`` into the bias, whose rounding the tie tolerance does not cover. Bipolar neurons (the exact
+  convention) keep their Floor / Clip form (two-sided steps: not tried). For the same reason a per-channel
+  ``Affine`` (the scale threshold folding puts on a residual shortcut) is a depthwise 1×1 Conv, not a Mul
+  (``common.AFFINE_AS_CONV_CHANNELS``; ResNet-20 0.92–0.97 of the Mul form, bit-identical outputs).
 - With direct input, everything before the first neuron is time-invariant and runs once on ``[B, ...]``;
   the first neuron layer has the closed form ``c_t = floor(t·clip(a, 0, 1) + φ)`` (all steps, no recurrence).
 - Per-step tensors stay separate ``[B, ...]`` values: layers between neurons run once per step on the
   counts of that step rather than once on a ``[T·B, ...]`` stack, so no Concat/Split copies are made between
   steps (they were ~25 % of a stacked graph's time); only the tiny per-step logits are concatenated.
+- Except a conv / linear layer with large weights (:data:`STACK_WEIGHT_BYTES`, more than a core's L2 cache, and at
+  least :data:`STACK_WEIGHT_RATIO` times its per-sample outputs): it runs once on its input's T steps concatenated
+  ``[T·B, ...]`` with its per-step bias ``N(t)·b`` added after, then Split back into steps, so its weights are read
+  once instead of T times. Measured (same A/B): VGG-16 T = 16 batch 1 0.51 [0.45–0.66] of the per-step graph;
+  stacking every layer instead loses where weights are small: ResNet-20 1.27–1.44 at batch 32 / 256, 0.98–1.03 at
+  batch 1, MNIST conv net 1.17 at batch 256. The choice is per layer, by this rule (the batch is dynamic, so it
+  cannot be chosen per batch); ``build_unrolled(stacked=True / False)`` forces it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import fx
+from torch import fx, nn
 
 from ann2snn.errors import Ann2SnnError, UnsupportedNodeError
 from ann2snn.exporters.common import (
@@ -57,6 +81,12 @@ from ann2snn.neurons import StatefulModule
 __all__ = ["build_unrolled", "PROBE_PREFIX"]
 #: the read-out tail is composed into one matrix when it has at most this many entries
 MAX_READOUT_ENTRIES = 1 << 22
+#: a conv / linear layer runs once on all T steps stacked when its weights take at least this many bytes (more than a
+#: core's L2 cache: run step by step, they would be streamed from memory T times) ...
+STACK_WEIGHT_BYTES = 1 << 20
+#: ... and they outnumber its per-sample outputs at least this many times (the stacking's Concat, bias Add and Split
+#: are passes over the outputs: they pay only where the weights dominate)
+STACK_WEIGHT_RATIO = 4
 _AFFINE_KINDS = ("linear", "affine", "pool", "flatten", "reshape", "add", "cat", "identity", "layout", "token")
 
 
@@ -107,14 +137,16 @@ def readout_tail(gm: fx.GraphModule, modules: dict, shapes: dict):
 
 
 def build_unrolled(snn, *, T: int | None = None, encoding: str = "direct", probes: bool = False,
-                   shapes: dict | None = None):
+                   shapes: dict | None = None, stacked: bool | None = None):
     """The unrolled ONNX model (``onnx.ModelProto``) of ``snn`` for ``T`` steps (default ``snn.T``).
 
     With ``probes=True`` it also outputs ``count.<module>`` ``[T, B, ...]``, each stateful operator's output summed
     over steps 1..t for every t (spike counts for IF neurons), for verification (the export builds this graph once
     and strips the probes from the file it writes). ``shapes``: :func:`~ann2snn.exporters.common.node_shapes` of
     ``snn``, when the caller has them. Under the exact convention the input and every constant count
-    ``N(t) = min(t, L)`` times and the logits are the running sums divided by ``N(t)``.
+    ``N(t) = min(t, L)`` times and the logits are the running sums divided by ``N(t)``. ``stacked``: run every
+    time-varying conv / linear layer once on its T steps stacked (True), none (False), or those whose weights are
+    large (None: :data:`STACK_WEIGHT_BYTES`, :data:`STACK_WEIGHT_RATIO`; see the module docstring).
     """
     T = snn.T if T is None else int(T)
     if T <= 0:
@@ -122,13 +154,14 @@ def build_unrolled(snn, *, T: int | None = None, encoding: str = "direct", probe
     if encoding not in ENCODINGS:
         raise Ann2SnnError(f"encoding must be 'direct' or 'sequence', got {encoding!r}")
     check_graph_module(snn.graph_module)
-    return _Unroller(snn, T, encoding, probes, shapes).build()
+    return _Unroller(snn, T, encoding, probes, shapes, stacked).build()
 
 
 class _Unroller:
     """One unrolled emission: ``env`` maps each fx node to a static variable or a list of T accumulated ones."""
 
-    def __init__(self, snn, T: int, encoding: str, probes: bool, shapes: dict | None = None) -> None:
+    def __init__(self, snn, T: int, encoding: str, probes: bool, shapes: dict | None = None,
+                 stacked: bool | None = None) -> None:
         self.snn, self.T, self.encoding, self.probes = snn, T, encoding, probes
         self.n_of = snn.schedule.steps_counted  # N(t): injected steps a value has accumulated by step t
         self.gm: fx.GraphModule = snn.graph_module
@@ -141,7 +174,23 @@ class _Unroller:
         self.promoted: dict[tuple, object] = {}
         self.probe_outs: list = []
         self.shifted: set[fx.Node] = set()
+        self.negated: set[fx.Node] = set()
+        self.stacked = self._stacked_layers(stacked)
+        self.stacks: dict[fx.Node, object] = {}  # a time-varying value's T steps concatenated, [T·B, ...]
         self.offsets = self._offset_producers()
+
+    def _stacked_layers(self, stacked: bool | None) -> set[fx.Node]:
+        """The conv / linear nodes run once on their T steps stacked (see :func:`build_unrolled`)."""
+        out = set()
+        for n in self.gm.graph.nodes:
+            m = self.modules.get(n.target) if n.op == "call_module" else None
+            if stacked is False or not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                continue
+            size = m.weight.numel()
+            if stacked or (size * 4 >= STACK_WEIGHT_BYTES
+                           and size >= STACK_WEIGHT_RATIO * int(np.prod(self.shapes[n]))):
+                out.add(n)
+        return out
 
     def _offset_producers(self) -> dict[fx.Node, float]:
         """Producers that may fold their neuron's comparison constant into their bias (single use, affine)."""
@@ -152,6 +201,9 @@ class _Unroller:
                 off = stateful_builder(n, m).input_offset(m)
                 if off is not None and len(p.users) == 1 and classify_node(p, self.modules) in OFFSETTABLE:
                     offsets[p] = off
+                    if p.op == "call_module" and isinstance(self.modules[p.target], nn.Conv2d) \
+                            and p not in self.stacked and stateful_builder(n, m).negatable(m):
+                        self.negated.add(p)
         return offsets
 
     def at_step(self, node: fx.Node, t: int):
@@ -216,16 +268,46 @@ class _Unroller:
                                   self.shapes)
             return
         extra = {"offset": self.offsets[node]} if node in self.offsets else {}
+        if node in self.stacked:
+            self.env[node] = self._stacked_linear(node, m, emit, extra.get("offset", 0.0))
+            if extra:
+                self.shifted.add(node)
+            return
+        if node in self.negated:
+            extra["negate"] = True
         self.env[node] = [emit(self.em, node, m, [self.at_step(a, t) if a is not None else None for a in args],
                                self.n_of(t), self.shapes, **extra) for t in range(1, self.T + 1)]
         if extra:
             self.shifted.add(node)
 
+    def _stacked_linear(self, node: fx.Node, m, emit, offset: float) -> list:
+        """A conv / linear run once on its input's T steps stacked ``[T·B, ...]``: one pass over its weights (not T);
+        the bias ``N(t)·b + offset`` of each step is added after, then the result is split back into steps."""
+        em, T = self.em, self.T
+        src = stateless_inputs(node)[0]
+        if src not in self.stacks:
+            self.stacks[src] = em.op("Concat", list(self.env[src]), {"axis": 0})
+        y = emit(em, node, m, [self.stacks[src]], 0.0, self.shapes, with_bias=False)
+        out = list(self.shapes[node])
+        y = em.op("Reshape", [y, em.const(np.array([T, -1, *out], dtype=np.int64))])
+        b = m.bias.detach() if m.bias is not None else torch.zeros(out[-1] if isinstance(m, nn.Linear) else out[0])
+        bias = torch.stack([b * self.n_of(t) + offset for t in range(1, T + 1)])  # the per-step form's values
+        shape = [T, 1, *([1] * (len(out) - 1)), -1] if isinstance(m, nn.Linear) else [T, 1, -1, *([1] * (len(out) - 1))]
+        y = em.op("Add", [y, em.const(bias.reshape(shape), hint="b_steps")])
+        parts = em.gs.Node("Split", name=em.fresh("n_split"), attrs={"axis": 0},
+                           inputs=[y, em.const(np.ones(T, dtype=np.int64))],
+                           outputs=[em.gs.Variable(em.fresh("y"), dtype=np.float32) for _ in range(T)])
+        em.graph.nodes.append(parts)
+        axes = em.const(np.array([0], dtype=np.int64))
+        return [em.op("Squeeze", [p, axes]) for p in parts.outputs]
+
     def _stateful(self, node: fx.Node) -> None:
         m: StatefulModule = self.modules[node.target]
         xs = [self.env[a] for a in node.args if isinstance(a, fx.Node)]
+        src = node.args[0]
+        neg = {"negated": True} if src in self.negated and isinstance(self.env.get(src), list) else {}
         v = stateful_builder(node, m).unrolled(self.em, m, xs, self.T, shifted=node.args[0] in self.shifted,
-                                               schedule=self.snn.schedule)
+                                               schedule=self.snn.schedule, **neg)
         self.env[node] = v
         if self.probes:  # the accumulated output after every step, [T, B, ...]
             axes = self.em.const(np.array([0], dtype=np.int64))
@@ -236,7 +318,9 @@ class _Unroller:
 
     def _folded_readout(self, folded, K: list[int]):
         """``logits_per_step = J·c_t / N(t) + f(0)``: one MatMul over all steps (reads J once; per-step MatMuls
-        were 12% slower at batch 1, 3% faster at 256)."""
+        were 12% slower at batch 1, 3% faster at 256; J as a per-step conv over the whole map, reading the counts
+        in onnxruntime's blocked layout, was 0.94 [0.87–1.00] of this at batch 256 but 1.11 [0.97–1.36] at batch 1,
+        MNIST conv net T = 4: not kept)."""
         em, T = self.em, self.T
         src, _, J, f0 = folded
         jt = em.const(J.t().contiguous(), hint="readout")
