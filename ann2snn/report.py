@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ann2snn.errors import Ann2SnnError
-from ann2snn.plots import figure_png, mode_results, plot_eval, plot_threshold_histogram, pyplot
+from ann2snn.plots import figure_png, mode_results, plot_eval, plot_noise, plot_threshold_histogram, pyplot
 
 # pyplot and figure_png live in ann2snn.plots (shared with evaluate and inspect); importable from here as before
 
@@ -96,6 +96,33 @@ def _eval_section(m: dict[str, Any], *, images: bool) -> str:
         out.append(_img(figure_png(plot_eval(m)), "accuracy, agreement, exact logits, firing rates and energy vs T"))
         if th:
             out.append(_img(figure_png(plot_threshold_histogram(th)), "threshold histograms"))
+    if m.get("methods_comparison"):
+        out.append(_methods_section(m["methods_comparison"], images=images))
+    return "".join(out)
+
+
+def _methods_section(c: dict[str, Any], *, images: bool) -> str:
+    """``eval --encoding rate --max-spikes D --cos --srp τ --lif-readout γ --stdp --ttrbr --noise ...``: every method
+    beside the plain conversion (accuracy and energy by T), then the noise curve ANN vs SNN."""
+    Ts = c["T_list"]
+    acc = [["QANN", *[_pct(c["qann_accuracy"])] * len(Ts)]]
+    energy = []
+    for name, r in c["methods"].items():
+        acc.append([name, *[_pct(x["snn_accuracy"]) for x in r["per_T"]]])
+        energy.append([name, *[x["energy_ratio"] for x in r["per_T"]]])
+    out = [f"<h3>Methods vs plain conversion ({_esc(c['samples'])} samples, rate convention)</h3>",
+           _table(["method", *[f"T={t}" for t in Ts]], acc, highlight=[1]),
+           "<p class=meta>Energy E_SNN / E_ANN by T (SRP counts its pre-run).</p>",
+           _table(["method", *[f"T={t}" for t in Ts]], energy)]
+    n = c.get("noise") or {}
+    if len(n.get("levels", [])) > 1 or any(p > 0 for p in n.get("levels", [])):
+        rows = [["ANN (QANN)", *[_pct(a) for a in n["qann_accuracy"]]]]
+        rows += [[f"SNN {name}, T={t}", *[_pct(a) for a in tab[j]]] for name, tab in n["methods"].items()
+                 for j, t in enumerate(Ts)]
+        out.append(f"<h3>{_esc(n['kind'])} noise, ANN vs SNN (SNN noise on steps {_esc(n['steps'])})</h3>")
+        out.append(_table(["model", *[f"{p * 100:g}%" for p in n["levels"]]], rows))
+        if images:
+            out.append(_img(figure_png(plot_noise(c)), "accuracy vs noise level, ANN vs SNN"))
     return "".join(out)
 
 

@@ -16,8 +16,13 @@ import click
 from ann2snn.methods.compare import DEFAULT_CALIB_SAMPLES, Method
 from ann2snn.methods.noise import NoiseSpec, parse_noise, parse_noise_steps
 from ann2snn.methods.readout import LIFReadout, STDPConfig
+from ann2snn.methods.ttrbr import TTRBRConfig
 
 __all__ = ["MethodFlags", "method_options", "run_comparison", "render_comparison"]
+
+
+#: the row name of each ``--ttrbr`` choice
+_TTRBR_NAMES = {"both": "TTRBR", "tune": "TTRBR tuning only", "restructure": "TTRBR restructuring only"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class MethodFlags:
     lif_readout: tuple[float, ...] = ()
     lif_threshold: float = 1.0
     stdp: bool = False
+    ttrbr: tuple[str, ...] = ()
+    ttrbr_finetune: int = 1
     noise: str | None = None
     noise_steps: str | None = None
     calib_samples: int = DEFAULT_CALIB_SAMPLES
@@ -62,6 +69,10 @@ class MethodFlags:
             g = self.lif_readout[0] if self.lif_readout else 1.0
             rd = LIFReadout(g, self.lif_threshold)
             out.append(Method(f"LIF γ={g:g} + STDP", readout=rd, stdp=STDPConfig(readout=rd)))
+        for part in dict.fromkeys(self.ttrbr):
+            cfg = TTRBRConfig(restructure=part != "tune", tune=part != "restructure",
+                              finetune_epochs=self.ttrbr_finetune)
+            out.append(Method(_TTRBR_NAMES[part], ttrbr=cfg))
         return out
 
     def noise_spec(self) -> NoiseSpec | None:
@@ -98,13 +109,19 @@ _OPTIONS = [
     click.option("--stdp", is_flag=True,
                  help="Methods: the LIF read-out (first --lif-readout γ, else 1) with its weights trained by "
                       "unsupervised pair-based STDP on --calib-samples training images."),
+    click.option("--ttrbr", type=click.Choice(list(_TTRBR_NAMES)), multiple=True, metavar="both|tune|restructure",
+                 help="Methods: TTRBR for ResNet-style QANNs: residual blocks restructured (both summands of every "
+                      "residual add quantized) and fine-tuned on --calib-samples labelled training images, then "
+                      "thresholds tuned for each T on them (both), or one part only; repeat for several rows."),
+    click.option("--ttrbr-finetune", type=click.IntRange(min=0), default=1, show_default=True, metavar="EPOCHS",
+                 help="TTRBR's fine-tuning passes over the calibration images after restructuring (0: none)."),
     click.option("--noise", default=None, metavar="KIND:LEVELS",
                  help="Robustness curve, e.g. salt-pepper:0,0.1,0.2,0.3: ANN vs SNN accuracy (every method) "
                       "by fraction of pixels replaced."),
     click.option("--noise-steps", default=None, metavar="K/N",
                  help="SNN noise on the first K of every N steps only (the paper: 2/5); default every step."),
     click.option("--calib-samples", type=click.IntRange(min=1), default=DEFAULT_CALIB_SAMPLES, show_default=True,
-                 help="Training images for COS calibration and STDP."),
+                 help="Training images for COS calibration, STDP and TTRBR."),
     click.option("--noise-plot", type=click.Path(dir_okay=False), default=None,
                  help="Write the noise curve (ANN vs SNN) to this PNG."),
 ]
@@ -153,8 +170,13 @@ def render_comparison(comp: dict[str, Any], console, table) -> None:
     console.print(table("Energy E_SNN / E_ANN by T (steps actually run, when more)", ["method",
                                                                                     *[f"T={t}" for t in Ts]], erows))
     notes = []
-    if any(m["method"]["cos"] or m["method"]["stdp"] for m in comp["methods"].values()):
-        notes.append(f"COS / STDP used {cal['samples']} {cal['split']} images")
+    if any(m["method"]["cos"] or m["method"]["stdp"] or m["method"].get("ttrbr") for m in comp["methods"].values()):
+        notes.append(f"COS / STDP / TTRBR used {cal['samples']} {cal['split']} images")
+    for name, m in comp["methods"].items():
+        t = m.get("ttrbr")
+        if t and t["inserted_quantizers"]:
+            notes.append(f"{name}: {len(t['inserted_quantizers'])} quantizers inserted, restructured QANN "
+                         f"{_pct(t.get('qann_accuracy'))}%")
     if "rate coding" in comp["methods"]:
         notes.append(f"rate coding scale c = {comp['methods']['rate coding']['rate_scale']:.4g}")
     if notes:

@@ -21,6 +21,7 @@ from ann2snn.methods.calibrate import apply_cos, apply_srp
 from ann2snn.methods.coding import check_rate_scale, rate_encode
 from ann2snn.methods.noise import NoiseSpec, salt_pepper, step_inputs
 from ann2snn.methods.readout import LIFReadout, STDPConfig, train_stdp
+from ann2snn.methods.ttrbr import TTRBRConfig, finetune, restructure_residuals, tune_thresholds
 from ann2snn.simulator import readout, run_steps
 
 __all__ = ["Method", "PLAIN", "compare_methods", "DEFAULT_CALIB_SAMPLES"]
@@ -37,7 +38,8 @@ class Method:
     largest value, scale ``rate_scale``, default 1); ``max_spikes``: D of multi-bit neurons; ``cos``:
     COS-calibrated for each T (``cos_iterations`` per layer); ``srp_steps``: SRP's pre-run τ (0: none);
     ``readout``: a LIF read-out; ``stdp``: read-out weights trained by STDP first (with ``stdp.readout`` producing
-    the post spikes)."""
+    the post spikes); ``ttrbr``: TTRBR (residual blocks restructured and fine-tuned once, thresholds tuned for each
+    T)."""
 
     name: str
     encoding: str = "direct"
@@ -48,6 +50,7 @@ class Method:
     srp_steps: int = 0
     readout: LIFReadout | None = None
     stdp: STDPConfig | None = None
+    ttrbr: TTRBRConfig | None = None
 
     def __post_init__(self) -> None:
         if self.encoding not in ("direct", "rate"):
@@ -99,13 +102,14 @@ def compare_methods(model: nn.Module, data: Dataset | tuple[torch.Tensor, torch.
     name, x, y = _test_split(model, data, limit)
     model = model.eval()
     if isinstance(data, Dataset) and len(data.x_train):
-        calib, calib_from = data.x_train[:calib_samples], "train"
+        calib, calib_y, calib_from = data.x_train[:calib_samples], data.y_train[:calib_samples], "train"
     else:
-        calib, calib_from = x[:calib_samples], "test"
+        calib, calib_y, calib_from = x[:calib_samples], y[:calib_samples], "test"
     lo, hi = float(x.min()), float(x.max())
     shape = tuple(x.shape[1:])
     base = convert(model, T=max(Ts), input_shape=shape)
-    runs = [_Run(m, model, base, Ts, shape, calib, noise, seed, (lo, hi), energy, batch_size) for m in methods]
+    runs = [_Run(m, model, base, Ts, shape, (calib, calib_y), noise, seed, (lo, hi), energy, batch_size)
+            for m in methods]
     levels = noise.levels
     q_correct = torch.zeros(len(levels), dtype=torch.float64)
     clean_correct = done = 0
@@ -146,6 +150,7 @@ class _Run:
         from ann2snn.network import convert
 
         self.method, self.Ts, self.noise = method, Ts, noise
+        calib, calib_y = calib
         self.T_max = max(Ts)
         self.scale = method.rate_scale
         self.low, self.high = input_range
@@ -159,9 +164,15 @@ class _Run:
         if method.srp_steps:
             snn = apply_srp(snn, method.srp_steps)
         self.pre = method.srp_steps
-        # COS: one network per T, calibrated for it; otherwise one network read at every T
-        self.nets = ({T: apply_cos(snn, calib, T, iterations=method.cos_iterations, batch_size=batch_size)
-                      for T in Ts} if method.cos else {self.T_max: snn})
+        # COS and TTRBR: one network per T, calibrated for it; otherwise one network read at every T
+        self.per_T = method.cos or method.ttrbr is not None
+        if method.ttrbr is not None:
+            self.nets = self._ttrbr(model, shape, calib, calib_y, seed)
+        elif method.cos:
+            self.nets = {T: apply_cos(snn, calib, T, iterations=method.cos_iterations, batch_size=batch_size)
+                         for T in Ts}
+        else:
+            self.nets = {self.T_max: snn}
         rest = self.low if method.encoding == "rate" else None  # rate coding: a silent pixel sends `low`
         self.monitors = {T: ActivityMonitor(net.graph_module, T + self.pre, energy=energy, input_rest=rest)
                          for T, net in self.nets.items()}
@@ -170,6 +181,25 @@ class _Run:
         self.agree = torch.zeros(self.T_max, dtype=torch.float64)
         self.samples = torch.zeros(L, dtype=torch.float64)
         self.record_level = noise.levels.index(0.0) if 0.0 in noise.levels else 0
+
+    def _ttrbr(self, model, shape, calib, calib_y, seed) -> dict:
+        """TTRBR's networks, one per T: the residual blocks restructured and fine-tuned once, thresholds tuned per T."""
+        from ann2snn.network import convert
+
+        cfg = self.method.ttrbr
+        self.qann_r, inserted = model, []
+        if cfg.restructure:
+            self.qann_r, inserted = restructure_residuals(model)
+            finetune(self.qann_r, calib, calib_y, epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                     seed=seed)
+        self.qann_r_correct = 0.0
+        nets, factors = {}, {}
+        for T in self.Ts:
+            q, factors[T] = (tune_thresholds(self.qann_r, calib[:cfg.tune_samples], T, scales=cfg.scales,
+                                             input_shape=shape) if cfg.tune else (self.qann_r, {}))
+            nets[T] = convert(q, T=T, input_shape=shape)
+        self.extra["ttrbr"] = {"inserted_quantizers": inserted, "threshold_factors": factors}
+        return nets
 
     def _input(self, clean: torch.Tensor, noisy: torch.Tensor, level: float, steps: int):
         """The network input for ``steps`` steps: ``(x, encoding)``."""
@@ -194,13 +224,15 @@ class _Run:
         for T, net in self.nets.items():
             x, enc = self._input(clean, noisy, level, T + self.pre)
             pred = self._logits(T, net, x, enc, self.monitors[T] if record else None).argmax(-1)  # [T, B]
-            steps = slice(T - 1, T) if self.method.cos else slice(0, T)  # COS: a network per T, read at its T
+            steps = slice(T - 1, T) if self.per_T else slice(0, T)  # COS, TTRBR: a network per T, read at its T
             self.correct[li, steps] += (pred[steps] == yb).sum(1, dtype=torch.float64)
             if record and level == 0:
                 self.agree[steps] += (pred[steps] == q_clean.argmax(-1)).sum(1, dtype=torch.float64)
         if record:
             for m in self.monitors.values():
                 m.add_samples(len(yb))
+            if self.method.ttrbr is not None and level == 0:  # the restructured QANN's own accuracy
+                self.qann_r_correct += float((self.qann_r(clean).argmax(-1) == yb).sum())
         self.samples[li] += len(yb)
 
     def result(self, qacc: float) -> dict[str, Any]:
@@ -208,7 +240,7 @@ class _Run:
         n = float(self.samples[li])
         rows = []
         for T in self.Ts:
-            mon = self.monitors[T if self.method.cos else self.T_max]
+            mon = self.monitors[T if self.per_T else self.T_max]
             e = mon.summary([T + self.pre])["per_T"][0]
             acc = float(self.correct[li, T - 1]) / n
             rows.append({"T": T, "steps_run": T + self.pre, "snn_accuracy": acc,
@@ -216,6 +248,8 @@ class _Run:
                          "agreement": float(self.agree[T - 1]) / n if self.noise.levels[li] == 0 else None,
                          "sops": e["sops"], "snn_macs": e["snn_macs"], "energy_ratio": e["ratio"]})
         out = {"method": self.method.to_json(), "per_T": rows, **self.extra}
+        if self.method.ttrbr is not None and self.noise.levels[li] == 0:
+            out["ttrbr"]["qann_accuracy"] = self.qann_r_correct / n
         if self.method.encoding == "rate":
             out["rate_scale"] = self.scale
         return out
