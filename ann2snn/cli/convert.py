@@ -73,13 +73,27 @@ def render_report(report, *, title: str = "Conversion report") -> None:
 @click.option("--input-shape", default=None, metavar="C,H,W", help="Input shape, if the checkpoint does not record it.")
 @click.option("--maxpool", type=click.Choice(["spiking", "error"]), default="spiking", show_default=True,
               help="Convert max-pooling to a spiking max on accumulated counts, or refuse it.")
+@click.option("--max-spikes", "max_spikes", type=click.IntRange(min=1), default=1, show_default=True, metavar="D",
+              help="Methods: multi-bit neurons that emit up to D spikes a step (the QCFS level after ⌈L/D⌉ steps; "
+                   "rate convention).")
+@click.option("--cos", is_flag=True, default=False,
+              help="Methods: COS, each neuron's initial membrane shifted by its measured offset spikes for T steps, "
+                   "calibrated on --calib-samples training images of --data (rate convention; docs/methods.md).")
+@click.option("--ttrbr", type=click.Choice(["both", "tune", "restructure"]), default=None,
+              help="Methods: TTRBR for ResNet QANNs before conversion: residual blocks restructured and fine-tuned "
+                   "one epoch on --calib-samples labelled training images of --data, and/or thresholds tuned for T "
+                   "(rate convention; docs/methods.md).")
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="Calibration data for --cos / --ttrbr: digits, mnist:PATH or cifar10:PATH (the training split).")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Training images used by --cos / --ttrbr.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 @normalize_option
 @model_options
 def convert_cmd(model, T, convention, fmt, nir_neuron, nir_pool, nir_approximate, output, encoding, verify,
-                provider, input_shape, maxpool, force, as_json, normalize, trust_pickle, arch, arch_kwargs,
-                arch_module):
+                provider, input_shape, maxpool, max_spikes, cos, ttrbr, data_spec, calib_samples, force, as_json,
+                normalize, trust_pickle, arch, arch_kwargs, arch_module):
     """Convert a QANN checkpoint MODEL into a spiking network, export it to ONNX and verify it on onnxruntime.
 
     Every BatchNorm is folded, every QCFS threshold folded into weights and every QCFS replaced by an IF neuron;
@@ -104,6 +118,11 @@ def convert_cmd(model, T, convention, fmt, nir_neuron, nir_pool, nir_approximate
     from ann2snn.runs import check_runs_dir
 
     check_T(T)
+    if (cos or ttrbr) and convention != "rate":
+        raise Ann2SnnError("--cos and --ttrbr calibrate for the rate convention; drop --mode exact")
+    if (cos or ttrbr) and data_spec is None:
+        raise Ann2SnnError(f"--{'cos' if cos else 'ttrbr'} calibrates on training images: pass --data digits, "
+                           "mnist:PATH or cifar10:PATH")
     shape = parse_shape(input_shape)
     suffix = {"nir": ".snn.nir", "torch": ".snn.pt"}.get(fmt, ".snn.onnx")
     check_writable(output or model.with_name(model.name.removesuffix(".pt") + suffix), force=force)
@@ -112,15 +131,20 @@ def convert_cmd(model, T, convention, fmt, nir_neuron, nir_pool, nir_approximate
                                         arch_module=arch_module)
     qann.preprocessing = resolve_preprocessing(qann, normalize, None, model_path=model)
     check_input_shape(qann, shape)
-    snn = ann2snn.convert(qann, T, input_shape=shape, maxpool=maxpool, convention=convention)
+    snn = ann2snn.convert(qann, T, input_shape=shape, maxpool=maxpool, convention=convention, max_spikes=max_spikes)
     check_T(snn.T, name=f"T (default for L = {max(snn.info.levels, default=0)})")
+    if cos or ttrbr:
+        snn = _calibrated(qann, snn, shape, cos=cos, ttrbr=ttrbr, data_spec=data_spec, samples=calib_samples,
+                          maxpool=maxpool, max_spikes=max_spikes, quiet=as_json)
     if qann.preprocessing is None and not as_json and fmt != "torch":
         console.print(f"[yellow]note:[/] {esc(model)} does not record its input preprocessing, so the export says "
                       "'unknown'; pass --normalize to record it", highlight=False)
     if fmt != "torch":
         nir = {"neuron": nir_neuron, "pool": nir_pool, "approximate": nir_approximate} if fmt == "nir" else None
+        methods = {"max_spikes": max_spikes, "cos": cos, "ttrbr": ttrbr, "calibration": data_spec,
+                   "calib_samples": calib_samples} if (cos or ttrbr or max_spikes > 1) else {}
         _export(snn, model, output, fmt=fmt, encoding=encoding, verify=verify, provider=provider, force=force,
-                as_json=as_json, nir=nir)
+                as_json=as_json, nir=nir, methods=methods)
         return
     out = output or model.with_name(model.name.removesuffix(".pt") + ".snn.pt")
     if getattr(qann, "arch_name", None) is None:
@@ -138,7 +162,38 @@ def convert_cmd(model, T, convention, fmt, nir_neuron, nir_pool, nir_approximate
     console.print(f"wrote [bold]{esc(out)}[/] (T={snn.T}, {len(snn.stateful())} stateful operators)", highlight=False)
 
 
-def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force, as_json, nir=None) -> None:
+def _calibrated(qann, snn, shape, *, cos, ttrbr, data_spec, samples, maxpool, max_spikes, quiet):
+    """``snn`` after the calibrating methods: TTRBR on the QANN (then converted again), COS on the SNN."""
+    import ann2snn
+    from ann2snn.cli.common import check_input
+    from ann2snn.data import load_dataset_for
+
+    data = load_dataset_for(data_spec, qann.preprocessing)
+    x, y = data.x_train[:samples], data.y_train[:samples]
+    check_input(qann, x[:2], f"calibration data {data_spec!r}")
+    T = snn.T
+    if ttrbr:
+        from ann2snn.methods.ttrbr import TTRBRConfig, apply_ttrbr
+
+        config = TTRBRConfig(restructure=ttrbr in ("both", "restructure"), tune=ttrbr in ("both", "tune"))
+        tuned, info = apply_ttrbr(qann, x, y, T, config)
+        tuned.preprocessing = qann.preprocessing
+        snn = ann2snn.convert(tuned, T, input_shape=shape, maxpool=maxpool, max_spikes=max_spikes)
+        if not quiet:
+            factors = ", ".join(f"{k} ×{v:g}" for k, v in info["factors"].items()) or "none"
+            console.print(f"TTRBR ({ttrbr}) for T = {T} on {len(x)} images: {len(info['inserted'])} quantizers "
+                          f"inserted; threshold factors: {esc(factors)}", highlight=False)
+    if cos:
+        from ann2snn.methods.calibrate import apply_cos
+
+        snn = apply_cos(snn, x, T)
+        if not quiet:
+            console.print(f"COS: initial membranes calibrated for T = {T} on {len(x)} images", highlight=False)
+    return snn
+
+
+def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force, as_json, nir=None,
+            methods=None) -> None:
     import ann2snn
 
     suffix = ".snn.nir" if fmt == "nir" else ".snn.onnx"
@@ -149,7 +204,8 @@ def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force,
 
     record_conversion(model, snn, [*res.files.values(), res.sidecar], verification=res.verification,
                       config={"T": snn.T, "format": fmt, "encoding": encoding, "verify": verify,
-                              "mode": snn.schedule.convention, **({"nir": nir} if nir else {})})
+                              "mode": snn.schedule.convention, **({"nir": nir} if nir else {}),
+                              **({"methods": methods} if methods else {})})
     if as_json:
         print_json({"files": {k: str(v) for k, v in res.files.items()}, "sidecar": str(res.sidecar), "T": snn.T,
                     "verification": res.verification, "seconds": res.seconds, "report": snn.report.to_dict()})
