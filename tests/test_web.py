@@ -27,7 +27,8 @@ from ann2snn.web.app import create_app  # noqa: E402
 from ann2snn.web.jobs import FINISHED  # noqa: E402
 
 BASE = "http://127.0.0.1:8000"
-TINY_TRAIN = {"kind": "train", "arch": "digits-cnn", "epochs": "1", "batch_size": "256", "name": "web-"}
+#: long enough (a few seconds) that epoch 1's line is on the screen while epochs 2–3 still run, on a fast machine too
+TINY_TRAIN = {"kind": "train", "arch": "digits-cnn", "epochs": "3", "batch_size": "16", "name": "web-"}
 
 
 def client(runs: Path, **kw) -> TestClient:
@@ -113,7 +114,8 @@ def test_snn_test_job_and_compare(trained):
         (eid,) = test["records"]
         page = c.get(f"/compare?run={model['id']}&run={eid}")
         assert page.status_code == 200
-        assert page.text.count("<polyline") == 4  # SNN rate, SNN exact, QANN of the test; QANN of the training
+        # SNN rate, SNN exact, QANN of the test; QANN of the training, and its test accuracy over the 3 epochs
+        assert page.text.count("<polyline") == 5
         for label in ("SNN T=4 (rate)", "SNN T=4 (exact)", "QANN accuracy", "test accuracy"):
             assert label in page.text
         run = c.get(f"/jobs/{test['id']}").text
