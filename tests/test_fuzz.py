@@ -485,6 +485,19 @@ def test_random_qanns_convert_export_and_verify_or_are_refused(tmp_path, one_thr
         assert stats["tie_samples"] <= 0.05 * (stats["tie_samples"] + stats["samples_compared"]), stats
 
 
+def test_random_qanns_with_every_layer_time_stacked(tmp_path, one_thread, monkeypatch):
+    """The unrolled graph's stacked form (a conv / linear run once over the T steps concatenated, chosen for layers
+    with large weights, which the fuzzer's small nets never have) forced on every layer: the same outcomes."""
+    from ann2snn.exporters import onnx_unrolled
+
+    monkeypatch.setattr(onnx_unrolled, "STACK_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(onnx_unrolled, "STACK_WEIGHT_RATIO", 0)
+    first = FIRST_SEED + 100_000
+    outcomes, failures, stats = run_fuzz(range(first, first + max(CASES // 5, 1)), tmp_path)
+    assert not failures, f"{len(failures)} fuzz failures (stacked):\n" + "\n".join(failures[:10])
+    assert outcomes["verified", ""] > 0, outcomes
+
+
 def test_the_generator_covers_every_construct():
     """Over the default run's seeds the generator emits every op kind and every flatten / pool / ReLU spelling."""
     seen = set()
