@@ -160,10 +160,17 @@ def convert(model: nn.Module, T: int | None = None, *, example_input: torch.Tens
         qann_payload=qann_payload(model, input_shape=tuple(x.shape[1:])) if arch else None,
         convention=convention, schedule_length=length, max_spikes=max_spikes,
     )
-    if T is None:  # rate: accuracy peaks near T = L; exact: logits settle on the QANN's a few steps after L
-        T = (max(levels) if levels else 8) * (EXACT_DEFAULT_T_FACTOR if convention == "exact" else 1)
-        T = -(-T // max_spikes)  # multi-bit: the QCFS level is reached at ⌈L/D⌉
+    if T is None:
+        T = default_steps(levels, convention=convention, max_spikes=max_spikes)
     return SpikingNetwork(gm, T=T, input_shape=tuple(x.shape[1:]), report=report, info=info)
+
+
+def default_steps(levels, *, convention: str = "rate", max_spikes: int = 1) -> int:
+    """The T that :func:`convert` picks for quantizers of these ``levels`` (an iterable of L): rate, accuracy peaks
+    near T = L; exact, logits settle on the QANN's a few steps after L; multi-bit, the QCFS level comes at ⌈L/D⌉."""
+    levels = list(levels)
+    T = (max(levels) if levels else 8) * (EXACT_DEFAULT_T_FACTOR if convention == "exact" else 1)
+    return -(-T // max_spikes)
 
 
 def _check_finite(model: nn.Module) -> None:

@@ -115,6 +115,8 @@ def convert_cmd(model, T, convention, fmt, nir_neuron, nir_pool, nir_approximate
     import ann2snn
     from ann2snn.errors import Ann2SnnError
     from ann2snn.files import check_writable
+    from ann2snn.layers import qcfs_modules
+    from ann2snn.network import default_steps
     from ann2snn.runs import check_runs_dir
 
     check_T(T)
@@ -131,11 +133,20 @@ def convert_cmd(model, T, convention, fmt, nir_neuron, nir_pool, nir_approximate
                                         arch_module=arch_module)
     qann.preprocessing = resolve_preprocessing(qann, normalize, None, model_path=model)
     check_input_shape(qann, shape)
+    calib = _calibration(qann, data_spec, calib_samples) if (cos or ttrbr) else None
+    if ttrbr:  # on the QANN, for the T the SNN will run
+        T = T if T is not None else default_steps((q.levels for _, q in qcfs_modules(qann)), max_spikes=max_spikes)
+        check_T(T)
+        qann = _ttrbr(qann, *calib, T, ttrbr, quiet=as_json)
     snn = ann2snn.convert(qann, T, input_shape=shape, maxpool=maxpool, convention=convention, max_spikes=max_spikes)
     check_T(snn.T, name=f"T (default for L = {max(snn.info.levels, default=0)})")
-    if cos or ttrbr:
-        snn = _calibrated(qann, snn, shape, cos=cos, ttrbr=ttrbr, data_spec=data_spec, samples=calib_samples,
-                          maxpool=maxpool, max_spikes=max_spikes, quiet=as_json)
+    if cos:
+        from ann2snn.methods.calibrate import apply_cos
+
+        snn = apply_cos(snn, calib[0], snn.T)
+        if not as_json:
+            console.print(f"COS: initial membranes calibrated for T = {snn.T} on {len(calib[0])} images",
+                          highlight=False)
     if qann.preprocessing is None and not as_json and fmt != "torch":
         console.print(f"[yellow]note:[/] {esc(model)} does not record its input preprocessing, so the export says "
                       "'unknown'; pass --normalize to record it", highlight=False)
@@ -162,34 +173,29 @@ def convert_cmd(model, T, convention, fmt, nir_neuron, nir_pool, nir_approximate
     console.print(f"wrote [bold]{esc(out)}[/] (T={snn.T}, {len(snn.stateful())} stateful operators)", highlight=False)
 
 
-def _calibrated(qann, snn, shape, *, cos, ttrbr, data_spec, samples, maxpool, max_spikes, quiet):
-    """``snn`` after the calibrating methods: TTRBR on the QANN (then converted again), COS on the SNN."""
-    import ann2snn
+def _calibration(qann, data_spec: str, samples: int):
+    """``(x, y)``: the first ``samples`` training images of ``data_spec``, preprocessed as ``qann`` expects."""
     from ann2snn.cli.common import check_input
     from ann2snn.data import load_dataset_for
 
     data = load_dataset_for(data_spec, qann.preprocessing)
     x, y = data.x_train[:samples], data.y_train[:samples]
     check_input(qann, x[:2], f"calibration data {data_spec!r}")
-    T = snn.T
-    if ttrbr:
-        from ann2snn.methods.ttrbr import TTRBRConfig, apply_ttrbr
+    return x, y
 
-        config = TTRBRConfig(restructure=ttrbr in ("both", "restructure"), tune=ttrbr in ("both", "tune"))
-        tuned, info = apply_ttrbr(qann, x, y, T, config)
-        tuned.preprocessing = qann.preprocessing
-        snn = ann2snn.convert(tuned, T, input_shape=shape, maxpool=maxpool, max_spikes=max_spikes)
-        if not quiet:
-            factors = ", ".join(f"{k} ×{v:g}" for k, v in info["factors"].items()) or "none"
-            console.print(f"TTRBR ({ttrbr}) for T = {T} on {len(x)} images: {len(info['inserted'])} quantizers "
-                          f"inserted; threshold factors: {esc(factors)}", highlight=False)
-    if cos:
-        from ann2snn.methods.calibrate import apply_cos
 
-        snn = apply_cos(snn, x, T)
-        if not quiet:
-            console.print(f"COS: initial membranes calibrated for T = {T} on {len(x)} images", highlight=False)
-    return snn
+def _ttrbr(qann, x, y, T: int, which: str, *, quiet: bool):
+    """The QANN after TTRBR (``which``: both, tune or restructure) for T steps."""
+    from ann2snn.methods.ttrbr import TTRBRConfig, apply_ttrbr
+
+    config = TTRBRConfig(restructure=which in ("both", "restructure"), tune=which in ("both", "tune"))
+    tuned, info = apply_ttrbr(qann, x, y, T, config)
+    tuned.preprocessing = qann.preprocessing
+    if not quiet:
+        factors = ", ".join(f"{k} ×{v:g}" for k, v in info["factors"].items()) or "none"
+        console.print(f"TTRBR ({which}) for T = {T} on {len(x)} images: {len(info['inserted'])} quantizers "
+                      f"inserted; threshold factors: {esc(factors)}", highlight=False)
+    return tuned
 
 
 def _export(snn, model: Path, output, *, fmt, encoding, verify, provider, force, as_json, nir=None,
