@@ -11,6 +11,9 @@ How it measures (:func:`measure`), so that a ratio ``SNN / (T × ANN)`` means so
   against the ANN's call just before it), so a change of machine load affects both sides of every ratio;
 - each call's wall time (latency) *and* process CPU time (work, all threads) are recorded; min, median and max
   are reported;
+- on CPU the unrolled SNN runs in micro-batches (:class:`~ann2snn.runtime.UnrolledRunner`, ``micro_batch``), and
+  the ANN in the same micro-batches, so both get the same cache-friendly schedule (``micro_batch=None``: both run
+  the whole batch at once);
 - with several threads, onnxruntime's workers sleep as soon as a run ends (``spinning=False``, the default here):
   spinning workers keep burning a core after their call, so whatever runs next — the next contender — pays for
   them. Measured (MNIST conv net ANN, batch 256, 2 cores shared by other jobs, per call): one thread alone 16.9 ms
@@ -37,7 +40,7 @@ import torch
 from torch import nn
 
 from ann2snn.errors import Ann2SnnError
-from ann2snn.exporters.contract import FORMAT_STATEFUL, INPUT, LOGITS, LOGITS_PER_STEP, read_metadata
+from ann2snn.exporters.contract import FORMAT_STATEFUL, INPUT, LOGITS, read_metadata
 
 __all__ = ["benchmark", "benchmark_onnx", "relu_ann_onnx", "measure", "spread", "median_time", "median_times",
            "torch_threads", "ANN_NOTE", "CONTENDERS"]
@@ -155,19 +158,21 @@ def _row(T: int, batch: int, times: dict[str, dict[str, list[float]]]) -> dict[s
 def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: str = "cpu", repeats: int = 10,
               warmup: int = 3, threads: int | None = 1, include=CONTENDERS,
               progress: Callable[[str], None] | None = None, convention: str = "rate",
-              spinning: bool | None = None) -> dict[str, Any]:
+              spinning: bool | None = None, micro_batch: int | str | None = "auto") -> dict[str, Any]:
     """Time the ANN and the SNN formats of ``qann`` at every T and batch size; see the module docstring.
 
     ``threads``: intra-op threads of every contender (default 1; None: each library's own default).
     ``spinning``: onnxruntime workers spin after a run (None: off when ``threads > 1``, see the module docstring;
     ``True`` keeps onnxruntime's default). ``convention``: the time
-    convention the SNN is converted for (``"rate"`` or ``"exact"``). Returns ``{"provider", "convention", "note",
-    "threads", "rows": [{"T", "batch", "ann_ms", "ann_cpu_ms", "unrolled_ms", "unrolled_ratio", ...}]}``.
+    convention the SNN is converted for (``"rate"`` or ``"exact"``). ``micro_batch``: samples per onnxruntime run
+    of the ANN and the unrolled SNN (``"auto"``: the unrolled file's :func:`~ann2snn.runtime.micro_batch_size` on
+    CPU, none under CUDA; None: the whole batch). Returns ``{"provider", "convention", "note", "threads",
+    "micro_batch", "rows": [{"T", "batch", "ann_ms", "ann_cpu_ms", "unrolled_ms", "unrolled_ratio", ...}]}``.
     """
     from ann2snn.exporters.onnx_stateful import build_stateful
     from ann2snn.exporters.onnx_unrolled import build_unrolled
     from ann2snn.network import convert
-    from ann2snn.runtime import StatefulRunner, make_session
+    from ann2snn.runtime import StatefulRunner, UnrolledRunner, make_session, run_in_micro_batches
 
     shape = tuple(getattr(qann, "input_shape", None) or ())
     if not shape:
@@ -181,13 +186,19 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
     opts = {"provider": provider, "threads": threads, "spinning": spinning}
     if "ann" in include:
         ann_sess, used = make_session(relu_ann_onnx(qann, shape), **opts)
-    rows = []
+    rows, micro_used = [], None
     with torch_threads(threads):
         for T in Ts:
             snn = convert(qann, T, convention=convention)
             un = st = None
-            if "unrolled" in include:
-                un, used = make_session(build_unrolled(snn, T=T).SerializeToString(), **opts)
+            # the unrolled runner is built whenever the micro-batch comes from its file, so the ANN gets the same one
+            if "unrolled" in include or micro_batch == "auto":
+                un = UnrolledRunner(build_unrolled(snn, T=T).SerializeToString(), micro_batch=micro_batch, **opts)
+                used, micro = un.provider, un.micro_batch
+                un = un if "unrolled" in include else None
+            else:
+                micro = micro_batch
+            micro_used = micro
             if "stateful" in include:
                 st = StatefulRunner(build_stateful(snn, T=T)[0].SerializeToString(), **opts)
             for b in batches:
@@ -195,9 +206,9 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
                 tick(f"T={T} batch {b}")
                 fns: dict[str, Callable[[], Any]] = {}
                 if ann_sess is not None:
-                    fns["ann"] = lambda: ann_sess.run(None, {INPUT: x})
+                    fns["ann"] = lambda: run_in_micro_batches(ann_sess, x, None, micro)
                 if un is not None:
-                    fns["unrolled"] = lambda: un.run([LOGITS_PER_STEP], {INPUT: x})
+                    fns["unrolled"] = lambda: un.run(x)
                 if st is not None:
                     fns["stateful"] = lambda: st.run(x, T)
                 if "torch" in include:
@@ -205,8 +216,8 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
                     fns["torch"] = lambda: snn.simulate(xt, T)
                 # small batches are fast and noisy: repeat them more
                 times = measure(fns, warmup=warmup, repeats=repeats if b > 16 else repeats * 10)
-                rows.append(_row(T, b, times))
-    return {"provider": used, "convention": convention, "note": ANN_NOTE,
+                rows.append({**_row(T, b, times), "micro_batch": micro if micro and micro < b else None})
+    return {"provider": used, "convention": convention, "note": ANN_NOTE, "micro_batch": micro_used,
             "threads": threads if threads is not None else "library defaults",
             "spinning": "onnxruntime default" if spinning is None else bool(spinning),
             "clock": "wall = latency of one call; cpu = process CPU time of that call (all threads); ratios "
@@ -216,10 +227,11 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
 
 def benchmark_onnx(path, *, batches=(1, 256), provider: str = "cpu", repeats: int = 10, warmup: int = 3,
                    threads: int | None = 1, progress: Callable[[str], None] | None = None,
-                   spinning: bool | None = None) -> dict[str, Any]:
-    """Time an exported ann2snn ONNX file (unrolled: one run; stateful: driven T steps). No ANN baseline (the
-    weights of the QANN are not in the file): pass the QANN checkpoint for ratios."""
-    from ann2snn.runtime import StatefulRunner, make_session
+                   spinning: bool | None = None, micro_batch: int | str | None = "auto") -> dict[str, Any]:
+    """Time an exported ann2snn ONNX file (unrolled: one run, in micro-batches as :class:`UnrolledRunner` runs it;
+    stateful: driven T steps). No ANN baseline (the weights of the QANN are not in the file): pass the QANN
+    checkpoint for ratios."""
+    from ann2snn.runtime import StatefulRunner, UnrolledRunner, make_session
 
     spinning = _spinning(spinning, threads)
     sess, used = make_session(path, provider=provider, threads=threads, spinning=spinning)
@@ -233,6 +245,8 @@ def benchmark_onnx(path, *, batches=(1, 256), provider: str = "cpu", repeats: in
     rng = np.random.default_rng(0)
     runner = StatefulRunner(path, provider=provider, threads=threads, spinning=spinning) \
         if fmt == FORMAT_STATEFUL else None
+    unrolled = None if runner is not None else UnrolledRunner(path, provider=provider, threads=threads,
+                                                              spinning=spinning, micro_batch=micro_batch)
     seq = meta.encoding == "sequence"
     rows = []
     for b in batches:
@@ -241,8 +255,9 @@ def benchmark_onnx(path, *, batches=(1, 256), provider: str = "cpu", repeats: in
         if runner is not None:
             times = measure({"stateful": lambda: runner.run(x, T)}, warmup=warmup, repeats=repeats)
         else:
-            times = measure({"unrolled": lambda: sess.run(None, {INPUT: x})}, warmup=warmup, repeats=repeats)
-        rows.append(_row(T, b, times))
+            times = measure({"unrolled": lambda: unrolled.run(x)}, warmup=warmup, repeats=repeats)
+        micro = unrolled.micro_batch if unrolled is not None else None
+        rows.append({**_row(T, b, times), "micro_batch": micro if micro and micro < b else None})
     return {"provider": used, "convention": meta.convention, "format": fmt, "rows": rows,
             "threads": threads if threads is not None else "library defaults",
             "note": "ONNX file only: no ANN baseline (pass the QANN checkpoint for ratios)"}

@@ -200,13 +200,13 @@ class _ModeRun:
                                f"convention={mode!r} or leave snn out")
         self.mode, self.snn, self.T_max = mode, snn, T_max
         self.monitor = ActivityMonitor(snn.graph_module, T_max, energy=energy)
-        self.session, self.backend, self.backend_diff = None, backend, 0.0
+        self.runner, self.backend, self.backend_diff = None, backend, 0.0
         if backend == "onnx":
             from ann2snn.exporters.onnx_unrolled import build_unrolled
-            from ann2snn.runtime import make_session
+            from ann2snn.runtime import UnrolledRunner
 
-            self.session, used = make_session(build_unrolled(snn, T=T_max).SerializeToString(), provider=provider)
-            self.backend = f"onnx ({used})"
+            self.runner = UnrolledRunner(build_unrolled(snn, T=T_max).SerializeToString(), provider=provider)
+            self.backend = f"onnx ({self.runner.provider})"
         # per step t: samples correct, agreeing with the QANN, with exact logits; the largest |SNN − QANN| logit
         self.correct, self.agree, self.exact, self.max_diff = (torch.zeros(T_max, dtype=torch.float64)
                                                                for _ in range(4))
@@ -221,10 +221,8 @@ class _ModeRun:
         schedule = self.snn.schedule
         per_t = readout(run_steps(self.snn.graph_module, xb, self.T_max, schedule=schedule, observer=self.monitor),
                         schedule)
-        if self.session is not None:
-            from ann2snn.exporters.contract import INPUT, LOGITS_PER_STEP
-
-            ort_t = torch.from_numpy(self.session.run([LOGITS_PER_STEP], {INPUT: xb.numpy()})[0])
+        if self.runner is not None:
+            ort_t = torch.from_numpy(self.runner.run(xb.numpy()))
             self.backend_diff = max(self.backend_diff, float((ort_t - per_t).abs().max()))
             per_t = ort_t
         return per_t
@@ -253,7 +251,7 @@ class _ModeRun:
         report = self.snn.report
         return {
             "convention": self.mode, "backend": self.backend,
-            **({"backend_max_abs_diff": self.backend_diff} if self.session is not None else {}),
+            **({"backend_max_abs_diff": self.backend_diff} if self.runner is not None else {}),
             "per_T": per_T, "best_T": best["T"],
             "curve": {"T": list(range(1, self.T_max + 1)), "snn_accuracy": curve, "agreement": agree,
                       "exact_logits": exact},

@@ -55,8 +55,10 @@ def test_metadata_round_trip(convention, length):
     back = C.read_metadata(props)
     assert back == meta and back.states == meta.states
     assert back.schedule.convention == convention
-    unrolled = C.ModelMetadata(format=C.FORMAT_UNROLLED, T=2, input_shape=(3,), shift=(0.5, 0.0)).to_props()
+    unrolled = C.ModelMetadata(format=C.FORMAT_UNROLLED, T=2, input_shape=(3,), shift=(0.5, 0.0),
+                               activation_bytes=4096).to_props()
     assert C.META_STATES not in unrolled and C.read_metadata(unrolled).shift == (0.5, 0.0)
+    assert C.read_metadata(unrolled).activation_bytes == 4096 and back.activation_bytes is None
 
 
 def test_metadata_of_files_before_conventions_reads_as_rate():

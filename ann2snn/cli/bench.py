@@ -15,9 +15,19 @@ from ann2snn.cli.common import (
     model_options,
     parse_batches,
     parse_int_list,
+    parse_micro_batch,
     print_json,
     table,
 )
+
+
+def micro_note(rows) -> str:
+    """The table note on micro-batches, when a row used them."""
+    r = next((r for r in rows if r.get("micro_batch")), None)
+    if r is None:
+        return ""
+    return (f" batch {r['batch']} ({r['micro_batch']}s): the ANN and the unrolled SNN both run it in micro-batches of "
+            f"{r['micro_batch']} samples (--micro-batch).")
 
 
 @click.command("bench")
@@ -36,6 +46,10 @@ from ann2snn.cli.common import (
 @click.option("--spin/--no-spin", "spinning", default=None,
               help="onnxruntime workers spin after a run (--threads > 1); default: no spin, so that no contender "
                    "pays for the previous one's spinning workers.")
+@click.option("--micro-batch", default="auto", show_default=True,
+              help="Samples per onnxruntime run of the ANN and the unrolled SNN, both alike: auto (on CPU, sized from "
+                   "the SNN's largest tensor so a micro-batch stays in cache; none under CUDA), a number, or off "
+                   "(the whole batch at once).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch simulator (slow at large batch).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -44,8 +58,8 @@ from ann2snn.cli.common import (
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Write a run record ($ANN2SNN_RUNS, default ./runs).")
 @model_options
-def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads, spinning, no_torch, as_json, output,
-              force, record, trust_pickle, arch, arch_kwargs, arch_module):
+def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads, spinning, micro_batch, no_torch,
+              as_json, output, force, record, trust_pickle, arch, arch_kwargs, arch_module):
     """Latency and throughput of a QANN checkpoint's ANN and SNN (or of an exported SNN ONNX file).
 
     For a checkpoint: the ANN (the QANN as a plain ReLU ONNX net), the unrolled SNN, the stateful SNN driven T
@@ -60,6 +74,7 @@ def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads
     from ann2snn.runs import check_runs_dir
 
     T_list = [check_T(t) for t in parse_int_list(Ts, name="--T")]
+    micro = parse_micro_batch(micro_batch)
     B_list = parse_batches(batches)
     if output is not None:
         check_writable(output, force=force)
@@ -75,14 +90,14 @@ def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads
 
         if model.suffix == ".onnx":
             result = bench.benchmark_onnx(model, batches=B_list, provider=provider, repeats=repeats, warmup=warmup,
-                                          threads=threads, progress=tick, spinning=spinning)
+                                          threads=threads, progress=tick, spinning=spinning, micro_batch=micro)
         else:
             qann = ann2snn.checkpoint.load_qann(model, trust_pickle=trust_pickle, arch=arch, arch_kwargs=arch_kwargs,
                                                 arch_module=arch_module)
             include = ("ann", "unrolled", "stateful") + (() if no_torch else ("torch",))
             result = bench.benchmark(qann, Ts=T_list, batches=B_list, provider=provider, repeats=repeats,
                                      warmup=warmup, threads=threads, include=include, progress=tick, spinning=spinning,
-                                     convention=convention)
+                                     convention=convention, micro_batch=micro)
     result["model"] = str(model)
     if output is not None:
         from ann2snn.files import atomic_write, text_writer
@@ -104,13 +119,14 @@ def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads
 
     names = ["ann", "unrolled", "stateful", "torch"]
     for clock, what in (("wall", "Latency (wall)"), ("cpu", "Work (process CPU time, all threads)")):
-        rows = [[r["T"], r["batch"], *(cell(r, n, clock) for n in names)] for r in result["rows"]]
+        rows = [[r["T"], r["batch"] if not r.get("micro_batch") else f"{r['batch']} ({r['micro_batch']}s)",
+                 *(cell(r, n, clock) for n in names)] for r in result["rows"]]
         console.print(table(f"{what} per batch in ms, median [min–max] of {repeats}, (ratio SNN ÷ T·ANN, per turn); "
                             f"onnxruntime {result['provider']}, {result.get('threads')} thread(s), "
                             f"{result['convention']} mode",
                             ["T", "batch", "ANN", "unrolled", "stateful", "torch sim"], rows, justify_right_from=0))
     console.print(f"[dim]{result['note']}. Contenders take turns call by call; ratio = SNN time / (T × ANN time) "
-                  "of the same turn.[/]")
+                  f"of the same turn.{micro_note(result['rows'])}[/]")
     if output is not None:
         console.print(f"wrote [bold]{esc(output)}[/]", highlight=False)
     if record:
@@ -118,6 +134,6 @@ def bench_cmd(model, Ts, batches, convention, provider, repeats, warmup, threads
 
         path = write_record("bench", config={"model": str(model), "T": T_list, "batch": B_list, "mode": convention,
                                              "provider": provider, "repeats": repeats, "threads": threads,
-                                             "spinning": spinning},
+                                             "spinning": spinning, "micro_batch": micro},
                             metrics=result, inputs=[model], outputs=[output] if output else [])
         console.print(f"[dim]run record {esc(path)}[/]", highlight=False)

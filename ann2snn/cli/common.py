@@ -119,6 +119,18 @@ def parse_batches(value: str, *, name: str = "--batch") -> list[int]:
     return out
 
 
+def parse_micro_batch(value: str) -> int | str | None:
+    """``--micro-batch``: ``auto``, ``off`` (None) or a positive number of samples."""
+    from ann2snn.errors import Ann2SnnError
+
+    text = value.strip().lower()
+    if text in ("auto", "off"):
+        return None if text == "off" else "auto"
+    if not text.isdigit() or int(text) < 1:
+        raise Ann2SnnError(f"--micro-batch must be auto, off or a positive number of samples, got {value!r}")
+    return int(text)
+
+
 def parse_shape(value: str | None) -> tuple[int, ...] | None:
     """``"C,H,W"`` → ``(C, H, W)``: one to four positive integers (the shape of one sample, no batch)."""
     from ann2snn.errors import Ann2SnnError

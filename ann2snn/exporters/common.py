@@ -701,11 +701,16 @@ def stateful_builder(node: fx.Node, m: StatefulModule) -> StatefulBuilder:
     return b
 
 
-def metadata(snn, *, T: int, fmt: str, encoding: str, states=()) -> dict[str, str]:
-    """The ``metadata_props`` both formats carry (:class:`~ann2snn.exporters.contract.ModelMetadata`)."""
+def metadata(snn, *, T: int, fmt: str, encoding: str, states=(), shapes: dict | None = None) -> dict[str, str]:
+    """The ``metadata_props`` both formats carry (:class:`~ann2snn.exporters.contract.ModelMetadata`); ``shapes``
+    (:func:`node_shapes`) give its largest per-sample tensor."""
     from ann2snn.exporters.contract import ModelMetadata
 
-    return ModelMetadata.for_network(snn, T=T, format=fmt, encoding=encoding, states=states).to_props()
+    largest = None
+    if shapes:
+        largest = 4 * max(int(np.prod(s)) for s in shapes.values() if isinstance(s, (tuple, list, torch.Size)))
+    return ModelMetadata.for_network(snn, T=T, format=fmt, encoding=encoding, states=states,
+                                     activation_bytes=largest).to_props()
 
 
 def check_graph_module(gm: fx.GraphModule) -> None:

@@ -45,7 +45,8 @@ __all__ = [
     "SCHEDULE_MODULE", "SCHEDULE_STATE", "SCHEDULE_KIND",
     "FORMAT_UNROLLED", "FORMAT_STATEFUL", "ONNX_FORMATS", "ENCODINGS", "CONVENTIONS",
     "META_VERSION", "META_T", "META_FORMAT", "META_ENCODING", "META_SHIFT", "META_NEURON_KINDS", "META_INPUT_SHAPE",
-    "META_ARCH", "META_STATES", "META_CONVENTION", "META_SCHEDULE_LENGTH", "META_PREPROCESSING", "METADATA_KEYS",
+    "META_ARCH", "META_STATES", "META_CONVENTION", "META_SCHEDULE_LENGTH", "META_PREPROCESSING",
+    "META_ACTIVATION_BYTES", "METADATA_KEYS",
     "SIDECAR_FORMAT", "SIDECAR_VERSION",
     "state_input_name", "state_output_name", "probe_name", "readout_counts",
     "StateSpec", "ModelMetadata", "read_metadata", "build_sidecar",
@@ -89,8 +90,12 @@ META_CONVENTION = "ann2snn.convention"
 META_SCHEDULE_LENGTH = "ann2snn.schedule_length"
 #: JSON: {"pixel_max", "mean", "std", "dataset", "input_range"} (:class:`ann2snn.data.Preprocessing`), or null
 META_PREPROCESSING = "ann2snn.preprocessing"
+#: JSON int: bytes of the network's largest per-step tensor for one sample (float32), or null; the runtime sizes its
+#: CPU micro-batches from it (:func:`ann2snn.runtime.micro_batch_size`)
+META_ACTIVATION_BYTES = "ann2snn.activation_bytes"
 METADATA_KEYS = (META_VERSION, META_T, META_FORMAT, META_ENCODING, META_SHIFT, META_NEURON_KINDS, META_INPUT_SHAPE,
-                 META_ARCH, META_STATES, META_CONVENTION, META_SCHEDULE_LENGTH, META_PREPROCESSING)
+                 META_ARCH, META_STATES, META_CONVENTION, META_SCHEDULE_LENGTH, META_PREPROCESSING,
+                 META_ACTIVATION_BYTES)
 
 # ---------------------------------------------------------------------------------------------------------
 # the sidecar JSON. Version 2 added "convention" and "schedule_length" (version 1 files are rate networks), and
@@ -195,6 +200,7 @@ class ModelMetadata:
     states: tuple[StateSpec, ...] = field(default=(), repr=False)
     version: str = __version__
     preprocessing: Preprocessing | None = None
+    activation_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.format not in ONNX_FORMATS:
@@ -212,7 +218,7 @@ class ModelMetadata:
 
     @classmethod
     def for_network(cls, snn, *, T: int, format: str, encoding: str = "direct",
-                    states: Sequence[StateSpec] = ()) -> ModelMetadata:
+                    states: Sequence[StateSpec] = (), activation_bytes: int | None = None) -> ModelMetadata:
         """The metadata of ``snn`` (a :class:`~ann2snn.network.SpikingNetwork`) exported as ``format``."""
         info = snn.info
         shift = tuple(info.shift) if isinstance(info.shift, (list, tuple)) else info.shift
@@ -220,7 +226,8 @@ class ModelMetadata:
         return cls(format=format, T=int(T), encoding=encoding, input_shape=tuple(snn.input_shape), shift=shift,
                    neuron_kinds=tuple(info.neuron_kinds), arch=info.arch, convention=info.convention,
                    schedule_length=info.schedule_length, states=tuple(states),
-                   preprocessing=Preprocessing.from_json(pre) if pre is not None else None)
+                   preprocessing=Preprocessing.from_json(pre) if pre is not None else None,
+                   activation_bytes=activation_bytes)
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` entries (key → string)."""
@@ -236,6 +243,7 @@ class ModelMetadata:
             META_CONVENTION: self.convention,
             META_SCHEDULE_LENGTH: json.dumps(self.schedule_length),
             META_PREPROCESSING: json.dumps(self.preprocessing.to_json() if self.preprocessing else None),
+            META_ACTIVATION_BYTES: json.dumps(self.activation_bytes),
         }
         if self.format == FORMAT_STATEFUL:
             props[META_STATES] = json.dumps([s.to_json() for s in self.states])
@@ -252,6 +260,7 @@ class ModelMetadata:
             shift = json.loads(props.get(META_SHIFT, "null"))
             length = json.loads(props.get(META_SCHEDULE_LENGTH, "null"))
             pre = json.loads(props.get(META_PREPROCESSING, "null"))
+            act = json.loads(props.get(META_ACTIVATION_BYTES, "null"))
             return cls(
                 format=fmt, T=int(props[META_T]), encoding=props.get(META_ENCODING, "direct"),
                 input_shape=tuple(int(d) for d in json.loads(props[META_INPUT_SHAPE])),
@@ -263,6 +272,7 @@ class ModelMetadata:
                 states=tuple(StateSpec.from_json(s) for s in json.loads(props.get(META_STATES, "[]"))),
                 version=props.get(META_VERSION, "unknown"),
                 preprocessing=Preprocessing.from_json(pre, where=where) if pre is not None else None,
+                activation_bytes=int(act) if act is not None else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise Ann2SnnError(f"{where} has incomplete or unreadable ann2snn metadata ({type(exc).__name__}: {exc}); "

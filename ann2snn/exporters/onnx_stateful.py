@@ -133,7 +133,7 @@ def build_stateful(snn, *, T: int | None = None, encoding: str = "direct", probe
             env[node] = _stateless(em, gm, node, modules, env, shapes, gate)
     logits = em.op("Identity", [env[out_node]], name=LOGITS_T)
     logits.shape = [BATCH, *shapes[out_node]]
-    meta = metadata(snn, T=T, fmt=FORMAT_STATEFUL, encoding=encoding, states=specs)
+    meta = metadata(snn, T=T, fmt=FORMAT_STATEFUL, encoding=encoding, states=specs, shapes=shapes)
     model = em.finish([inp, *state_in.values()], [logits, *state_out, *probe_outs], meta)
     return model, specs
 

@@ -89,6 +89,17 @@ def test_bench_checkpoint_json_and_output(ckpt, tmp_path, capsys):
     assert code == 1 and "already exists" in err
 
 
+def test_bench_micro_batches_run_the_ann_and_the_snn_alike(ckpt, capsys):
+    base = ["bench", str(ckpt), "--T", "2", "--batch", "1,5", "--repeats", "1", "--warmup", "0", "--no-torch",
+            "--provider", "cpu", "--no-record"]
+    data = json.loads(_ok([*base, "--micro-batch", "2", "--json"], capsys))
+    assert data["micro_batch"] == 2 and [r["micro_batch"] for r in data["rows"]] == [None, 2]
+    assert "micro-batches of 2" in _ok([*base, "--micro-batch", "2"], capsys)
+    assert json.loads(_ok([*base, "--micro-batch", "off", "--json"], capsys))["micro_batch"] is None
+    code, _, err = _run([*base, "--micro-batch", "0"], capsys)
+    assert code == 1 and "--micro-batch must be auto, off or a positive number" in err
+
+
 def test_bench_table_renders(ckpt, capsys):
     text = _ok(["bench", str(ckpt), "--T", "2", "--batch", "1", "--repeats", "1", "--warmup", "0", "--no-torch",
                 "--provider", "cpu"], capsys)

@@ -1,9 +1,11 @@
-"""The stateful runtime: states driven from their specs alone, and the read-out of each time convention."""
+"""The runtime: stateful states driven from their specs alone, the read-out of each time convention, and the
+unrolled runner's micro-batches."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from onnx import TensorProto, helper
 
 from ann2snn.errors import Ann2SnnError
@@ -78,3 +80,55 @@ def test_runner_alternates_two_state_buffers_and_returns_extra_outputs(T):
     np.testing.assert_allclose(outs[C.state_output_name("acc", "n")], np.broadcast_to(0.5 + t, (T, 2, 1)))
     with pytest.raises(Ann2SnnError, match="no output 'nope'"):
         runner.run_outputs(x, T, extra=["nope"])
+
+
+def test_micro_batch_size_fits_the_budget():
+    from ann2snn.runtime import MICRO_BATCH_BYTES, micro_batch_size
+
+    assert micro_batch_size(None) is None and micro_batch_size(0) is None
+    assert micro_batch_size(50176) == 16  # MNIST conv net: 16 × 28 × 28 floats a sample
+    assert micro_batch_size(MICRO_BATCH_BYTES * 4) == 1
+    assert micro_batch_size(1) == 1 << (MICRO_BATCH_BYTES.bit_length() - 1)
+
+
+@pytest.mark.parametrize("encoding", ["direct", "sequence"])
+def test_unrolled_runner_gives_the_whole_batch_result_in_micro_batches(snns, encoding):
+    from ann2snn.exporters.onnx_unrolled import build_unrolled
+    from ann2snn.runtime import UnrolledRunner
+
+    snn = snns("digits")
+    model = build_unrolled(snn, encoding=encoding).SerializeToString()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(*((snn.T,) if encoding == "sequence" else ()), 13, *snn.input_shape, generator=g).numpy()
+    whole = UnrolledRunner(model, provider="cpu", micro_batch=None)
+    parts = UnrolledRunner(model, provider="cpu", micro_batch=4)
+    auto = UnrolledRunner(model, provider="cpu")
+    assert whole.micro_batch is None and parts.micro_batch == 4
+    assert auto.micro_batch == micro_batch_size_of(model)
+    a = whole.run_outputs(x, ["logits", "logits_per_step"])
+    b = parts.run_outputs(x, ["logits", "logits_per_step"])
+    assert b["logits"].shape == (13, 10) and b["logits_per_step"].shape == (snn.T, 13, 10)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])  # every sample is computed on its own: bit for bit
+
+
+def micro_batch_size_of(model: bytes) -> int | None:
+    from ann2snn.exporters.contract import read_metadata
+    from ann2snn.runtime import micro_batch_size
+
+    meta = read_metadata(model)
+    assert meta.activation_bytes and meta.activation_bytes % 4 == 0
+    return micro_batch_size(meta.activation_bytes)
+
+
+def test_unrolled_runner_refuses_a_stateful_file_and_a_bad_micro_batch(snns):
+    from ann2snn.exporters.onnx_stateful import build_stateful
+    from ann2snn.exporters.onnx_unrolled import build_unrolled
+    from ann2snn.runtime import UnrolledRunner
+
+    snn = snns("digits")
+    with pytest.raises(Ann2SnnError, match="not an ann2snn unrolled ONNX file"):
+        UnrolledRunner(build_stateful(snn)[0].SerializeToString(), provider="cpu")
+    for bad in (0, -3, "8", True):
+        with pytest.raises(Ann2SnnError, match="micro_batch must be"):
+            UnrolledRunner(build_unrolled(snn).SerializeToString(), provider="cpu", micro_batch=bad)

@@ -105,3 +105,32 @@ def test_per_channel_affine_is_a_depthwise_conv_bit_for_bit(convention, monkeypa
     plain = _run(build_unrolled(snn), x)["logits_per_step"]
     assert "Mul" in _ops(build_unrolled(snn))
     np.testing.assert_array_equal(out, plain)
+
+
+def test_cheap_input_convs_run_per_step_on_the_accumulated_input(snns, monkeypatch):
+    """A 3-channel 3×3 stem (27 multiply-adds per output) runs once per step on ``N(t)·x``, its neurons in the fused
+    negated form; above :data:`PER_STEP_INPUT_MACS` it runs once and its neurons take the closed form (Floor)."""
+    snn = snns("resnet")
+    x = torch.rand(3, *snn.input_shape, generator=torch.Generator().manual_seed(4))
+    ref, _ = reference(snn, x, snn.T)
+    per_step = build_unrolled(snn)
+    monkeypatch.setattr(onnx_unrolled, "PER_STEP_INPUT_MACS", 26)
+    once = build_unrolled(snn)
+    assert "Floor" not in _ops(per_step) and "Floor" in _ops(once)
+    assert _ops(per_step).count("Conv") == _ops(once).count("Conv") + snn.T - 1
+    stem = [n for n in per_step.graph.node if n.op_type == "Conv"][0].input[1]
+    assert sum(n.input[1] == stem for n in per_step.graph.node if n.op_type == "Conv") == snn.T
+    for model in (per_step, once):
+        np.testing.assert_allclose(_run(model, x)["logits_per_step"], ref, **TOL)
+
+
+def test_average_pools_after_the_last_neuron_run_per_step(snns):
+    """The global pool after the last neuron stays out of the folded read-out: it runs per step on the counts and
+    the read-out matrix reads the pooled counts (channels × classes), not the whole map."""
+    snn = snns("resnet")
+    model = build_unrolled(snn)
+    assert _ops(model).count("GlobalAveragePool") == snn.T
+    (matmul,) = [n for n in model.graph.node if n.op_type == "MatMul"]
+    readout = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == matmul.input[1]))
+    channels = [m for m in snn.graph_module.modules() if isinstance(m, torch.nn.Linear)][-1].in_features
+    assert readout.shape[0] == channels

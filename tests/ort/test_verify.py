@@ -121,8 +121,9 @@ def test_a_changed_weight_is_refused_naming_the_operator(snns):
     x = V.example_batch(snn, batch=2)
     for fmt in ("unrolled", "stateful"):
         model = build_unrolled(snn, probes=True) if fmt == "unrolled" else build_stateful(snn, probes=True)[0]
-        convs = [n for n in model.graph.node if n.op_type == "Conv"]
-        conv = convs[len(convs) // 2]
+        convs = [n for n in model.graph.node if n.op_type == "Conv"
+                 and all(a.i == 1 for a in n.attribute if a.name == "group")]  # not a per-channel scale
+        conv = convs[len(convs) // 3]  # an early one: the deep layers of this small random net barely spike
         _bump(model, conv.input[1], 0, 0.25)  # one weight of one conv, in threshold units
         with pytest.raises(VerificationError, match="at layers\\..*away from any threshold tie"):
             _verify(snn, fmt, x, model)
