@@ -174,10 +174,10 @@ def test_ttrbr_against_the_plain_conversion_on_digits(digits_resnet):
 
     tuned = res["methods"]["tune"]["ttrbr"]
     assert all(set(f.values()) <= set(TUNE_SCALES) for f in tuned["threshold_factors"].values())
-    # no counts pinned: the 3-epoch training differs between machines (pinned on an AVX2 CPU, it failed on an
-    # AVX-512 one; on the first plain / TTRBR / tune had 68 / 68 / 68 of 150 right at T = 1 and 105 / 83 / 105 at T = 4, on
-    # another 72 / 58 / 83 and 105 / 83 / 105). What holds on both: at T = 4 = L each SNN is within 15 samples of its
-    # own QANN
+    # no counts pinned: the 3-epoch training differs between machines (pinned on an AVX2 CPU, the counts failed
+    # on an AVX-512 one): plain / TTRBR / tune had 68 / 68 / 68 of 150 right at T = 1 and 105 / 83 / 105 at T = 4
+    # on the first, 72 / 58 / 83 and 105 / 83 / 105 on the second. What holds on both: at T = 4 = L each SNN is
+    # within 15 samples of its own QANN
     n = 150
     for name, qann_acc in (("plain", res["qann_accuracy"]), ("tune", res["qann_accuracy"]),
                            ("TTRBR", t["qann_accuracy"])):

@@ -207,27 +207,43 @@ def _conv_attrs(m: nn.Module, nd: int) -> dict:
 AFFINE_AS_CONV_CHANNELS = 8
 
 
-def _affine_conv(em, node, m: Affine, x, k, shapes, offset: float):
-    """``w ⊙ x + (k·b + offset)`` as ``Conv(x, w[C, 1, 1, 1], group=C)``, or None when the Affine is not per-channel
-    on a ``[B, C, H, W]`` value."""
-    shape = shapes[node.args[0]]
+def affine_as_conv(m: Affine, shape) -> bool:
+    """Whether the Affine ``m`` on per-sample ``shape`` is emitted as a depthwise 1×1 conv (:func:`_affine_conv`)."""
     C = shape[0] if len(shape) == 3 else 0
-    if not AFFINE_AS_CONV_CHANNELS or C % AFFINE_AS_CONV_CHANNELS or m.weight.numel() != C \
-            or tuple(m.weight.shape)[-2:] != (1, 1) \
-            or (m.bias is not None and m.bias.numel() != 1 and (m.bias.numel() != C or m.bias.shape[-2:] != (1, 1))):
+    return bool(AFFINE_AS_CONV_CHANNELS) and C > 0 and not C % AFFINE_AS_CONV_CHANNELS and m.weight.numel() == C \
+        and tuple(m.weight.shape)[-2:] == (1, 1) \
+        and (m.bias is None or m.bias.numel() == 1 or (m.bias.numel() == C and m.bias.shape[-2:] == (1, 1)))
+
+
+def _affine_conv(em, node, m: Affine, x, k, shapes, offset: float, negate: bool = False):
+    """``w ⊙ x + (k·b + offset)`` as ``Conv(x, w[C, 1, 1, 1], group=C)`` (``negate``: its negative, the sign on the
+    weights and the bias: exact), or None when the Affine is not per-channel on a ``[B, C, H, W]`` value."""
+    shape = shapes[node.args[0]]
+    if not affine_as_conv(m, shape):
         return None
-    w = em.const(m.weight.reshape(C, 1, 1, 1), key=(id(m), "w_dw"), hint="aw_dw")
+    C = shape[0]
+    sign = -1.0 if negate else 1.0
+    w = em.const(sign * m.weight.detach().reshape(C, 1, 1, 1), key=(id(m), "w_dw", negate), hint="aw_dw")
     inputs = [x, w]
     if m.bias is not None or offset != 0.0:
-        b = (m.bias.reshape(-1).expand(C) * k if m.bias is not None else torch.zeros(C)) + offset
-        inputs.append(em.const(b, key=(id(m), "b_dw", k, offset), hint="ab_dw"))
+        b = (m.bias.detach().reshape(-1).expand(C) * k if m.bias is not None else torch.zeros(C)) + offset
+        inputs.append(em.const(sign * b, key=(id(m), "b_dw", k, offset, negate), hint="ab_dw"))
     return em.op("Conv", inputs, {"group": C, "kernel_shape": [1, 1]}, hint="affine_conv")
 
 
-def _affine(em, node, m: Affine, xs, k, shapes, offset: float = 0.0):
-    y = _affine_conv(em, node, m, xs[0], k, shapes, offset)
+def negate_channels(em, x, channels: int):
+    """``−x`` for a ``[B, C, H, W]`` value as a depthwise 1×1 conv of weight −1 (exact; onnxruntime keeps it in its
+    blocked layout, where a Neg or a Sub would leave it)."""
+    w = em.const(-torch.ones(channels, 1, 1, 1), key=("negate_channels", channels), hint="neg_dw")
+    return em.op("Conv", [x, w], {"group": channels, "kernel_shape": [1, 1]}, hint="neg_conv")
+
+
+def _affine(em, node, m: Affine, xs, k, shapes, offset: float = 0.0, negate: bool = False):
+    y = _affine_conv(em, node, m, xs[0], k, shapes, offset, negate)
     if y is not None:
         return y
+    if negate:
+        raise UnsupportedNodeError(node, "only a per-channel Affine on [B, C, H, W] emits its output negated")
     y = em.op("Mul", [xs[0], em.const(m.weight, key=(id(m), "w"), hint="aw")])
     if m.bias is None and offset == 0.0:
         return y

@@ -31,10 +31,13 @@ How the graph is laid out, and why (each choice measured on onnxruntime CPU):
   step and layer 5 passes over memory (reorder, GreaterOrEqual, Cast, Add, reorder) become one (the count's Add).
   Interleaved A/B, single-threaded CPU time, new ÷ old per turn, median [min–max]: ResNet-20 T = 4 0.93 [0.81–1.05]
   at batch 1, 0.95 [0.94–0.96] at 32, 0.95 [0.93–0.97] at 256; T = 16 0.93–0.98; MNIST conv net T = 4 0.93–0.97;
-  VGG-16 0.96–1.02 (its convolutions dominate). Neurons fed by a residual Add keep the comparison: negating the
-  shortcut needs a Sub or a Neg, which leave the layout, and carrying the count of non-spikes instead would put
-  ``t − 1`` into the bias, whose rounding the tie tolerance does not cover. Bipolar neurons (the exact
-  convention) keep their Floor / Clip form (two-sided steps: not tried). For the same reason a per-channel
+  VGG-16 0.96–1.02 (its convolutions dominate). A neuron fed by a residual Add ``conv + shortcut`` does the same
+  with the sum reordered (:meth:`_Unroller._residual_if`): the shortcut is negated by the depthwise or projection
+  conv that makes it (weights negated), or, an identity, by a depthwise 1×1 conv of weight −1 (a Neg or Sub would
+  leave the layout); ``u = −shortcut + c_{t−1}`` fuses into that conv, ``−X_conv + u`` and the HardSigmoid into the
+  main conv. ResNet-20, same A/B: 0.955 [0.87–1.03] at T = 4 batch 64, 0.914 [0.87–0.94] at T = 16 batch 32
+  (micro-batches of 16), 0.947 at batch 1; the decision moves only at threshold ties (the sum's rounding).
+  Bipolar neurons (the exact convention) keep their Floor / Clip form (two-sided steps: not tried). For the same reason a per-channel
   ``Affine`` (the scale threshold folding puts on a residual shortcut) is a depthwise 1×1 Conv, not a Mul
   (``common.AFFINE_AS_CONV_CHANNELS``; ResNet-20 0.92–0.97 of the Mul form, bit-identical outputs).
 - With direct input, everything before the first neuron is time-invariant and runs once on ``[B, ...]``;
@@ -64,11 +67,15 @@ from torch import fx, nn
 
 from ann2snn.errors import Ann2SnnError, UnsupportedNodeError
 from ann2snn.exporters.common import (
+    AFFINE_AS_CONV_CHANNELS,
     OFFSETTABLE,
+    STEP_ALPHA,
     Emitter,
+    affine_as_conv,
     check_graph_module,
     classify_node,
     metadata,
+    negate_channels,
     node_shapes,
     stateful_builder,
     stateless_emitter,
@@ -212,9 +219,12 @@ class _Unroller:
         self.probe_outs: list = []
         self.shifted: set[fx.Node] = set()
         self.negated: set[fx.Node] = set()
+        self.residual: dict[fx.Node, tuple] = {}  # IF neuron → (main conv, shortcut, how): see _residual_sum
         self.stacked = self._stacked_layers(stacked)
         self.stacks: dict[fx.Node, object] = {}  # a time-varying value's T steps concatenated, [T·B, ...]
         self.offsets = self._offset_producers()
+        self.vary_input = self._input_varies()
+        self._settle_residuals()
 
     def _stacked_layers(self, stacked: bool | None) -> set[fx.Node]:
         """The conv / linear nodes run once on their T steps stacked (see :func:`build_unrolled`)."""
@@ -238,10 +248,47 @@ class _Unroller:
                 off = stateful_builder(n, m).input_offset(m)
                 if off is not None and len(p.users) == 1 and classify_node(p, self.modules) in OFFSETTABLE:
                     offsets[p] = off
-                    if p.op == "call_module" and isinstance(self.modules[p.target], nn.Conv2d) \
-                            and p not in self.stacked and stateful_builder(n, m).negatable(m):
+                    if self._negatable_conv(p) and stateful_builder(n, m).negatable(m):
                         self.negated.add(p)
+                elif off is not None and stateful_builder(n, m).negatable(m):
+                    residual = self._residual_sum(n)
+                    if residual is not None:
+                        main, short, how = residual
+                        self.residual[n] = residual
+                        offsets[main] = off
+                        self.negated.add(main)
+                        if how != "identity":
+                            self.negated.add(short)
         return offsets
+
+    def _negatable_conv(self, p: fx.Node) -> bool:
+        """A Conv2d run per step that may emit its output negated (single use)."""
+        return p.op == "call_module" and isinstance(self.modules[p.target], nn.Conv2d) and p not in self.stacked \
+            and len(p.users) == 1
+
+    def _residual_sum(self, n: fx.Node):
+        """``(main, short, how)`` when neuron ``n``'s only input is ``main + short`` (a residual add of single use)
+        with ``main`` a Conv2d of single use and ``short`` a ``[B, C, H, W]`` value that can be negated in
+        onnxruntime's blocked layout: a Conv2d or per-channel Affine of single use (``how`` "conv" / "affine": emitted
+        negated) or any other value (``"identity"``: negated by a depthwise conv of weight −1)."""
+        p = n.args[0]
+        if classify_node(p, self.modules) != "add" or len(p.users) != 1 or p.kwargs.get("alpha", 1) != 1 \
+                or len(p.args) != 2 or not all(isinstance(a, fx.Node) for a in p.args):
+            return None
+        for main, short in (p.args, p.args[::-1]):
+            if not self._negatable_conv(main) or main is short:
+                continue
+            shape = self.shapes.get(short, ())
+            if len(shape) != 3 or shape[0] % AFFINE_AS_CONV_CHANNELS:
+                return None
+            if self._negatable_conv(short):
+                return main, short, "conv"
+            kind = classify_node(short, self.modules)
+            if kind == "affine" and len(short.users) == 1 and short.op == "call_module" \
+                    and affine_as_conv(self.modules[short.target], self.shapes[short.args[0]]):
+                return main, short, "affine"
+            return main, short, "identity"
+        return None
 
     def at_step(self, node: fx.Node, t: int):
         """``node``'s value accumulated over steps 1..t."""
@@ -277,15 +324,41 @@ class _Unroller:
         meta = metadata(self.snn, T=self.T, fmt=FORMAT_UNROLLED, encoding=self.encoding, shapes=self.shapes)
         return self.em.finish([self.inp], [logits, per_step, *self.probe_outs], meta)
 
-    def _direct_input(self, node: fx.Node):
-        """The direct input: static (everything up to the first neurons runs once), or, when it feeds only cheap
-        negated convs (:data:`PER_STEP_INPUT_MACS`), accumulated per step ``N(t)·x``, so that those convs run per step
-        in the fused form of a hidden IF neuron instead of the closed form's Add / Floor chain."""
+    def _input_varies(self) -> bool:
+        """Whether the direct input is taken accumulated per step (:meth:`_direct_input`): it feeds only cheap
+        negated convs (:data:`PER_STEP_INPUT_MACS`)."""
         def cheap(u: fx.Node) -> bool:
             m = self.modules[u.target]
             return m.in_channels // m.groups * int(np.prod(m.kernel_size)) <= PER_STEP_INPUT_MACS
 
-        if node.users and all(u in self.negated and cheap(u) for u in node.users):
+        if self.encoding != "direct":
+            return True
+        (node,) = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        return bool(node.users) and all(u in self.negated and cheap(u) for u in node.users)
+
+    def _settle_residuals(self) -> None:
+        """Keep the residual form (:meth:`_residual_if`) only where the main conv runs per step; a shortcut that is
+        time-invariant is negated after its promotion (as an identity), not in its own emission."""
+        varying: set[fx.Node] = set()
+        for n in self.gm.graph.nodes:
+            if (n.op == "placeholder" and self.vary_input) or classify_node(n, self.modules) == "stateful" \
+                    or any(a in varying for a in n.all_input_nodes):
+                varying.add(n)
+        for n, (main, short, how) in list(self.residual.items()):
+            if main not in varying:
+                del self.residual[n]
+                self.negated.discard(main)
+                self.negated.discard(short)
+                self.offsets.pop(main, None)
+            elif short not in varying and how != "identity":
+                self.negated.discard(short)
+                self.residual[n] = (main, short, "identity")
+
+    def _direct_input(self, node: fx.Node):
+        """The direct input: static (everything up to the first neurons runs once), or, when it feeds only cheap
+        negated convs (:data:`PER_STEP_INPUT_MACS`), accumulated per step ``N(t)·x``, so that those convs run per step
+        in the fused form of a hidden IF neuron instead of the closed form's Add / Floor chain."""
+        if self.vary_input:
             steps: dict[int, object] = {1: self.inp}
             for t in range(1, self.T + 1):
                 k = self.n_of(t)
@@ -308,6 +381,8 @@ class _Unroller:
         return acc
 
     def _visit(self, node: fx.Node) -> None:
+        if any(node is n.args[0] for n in self.residual):
+            return  # a residual add that its neuron sums itself (_residual_if)
         kind = classify_node(node, self.modules)
         if kind == "size":
             raise UnsupportedNodeError(node, "size() calls are not exported; express shapes with torch.flatten")
@@ -357,11 +432,14 @@ class _Unroller:
 
     def _stateful(self, node: fx.Node) -> None:
         m: StatefulModule = self.modules[node.target]
-        xs = [self.env[a] for a in node.args if isinstance(a, fx.Node)]
-        src = node.args[0]
-        neg = {"negated": True} if src in self.negated and isinstance(self.env.get(src), list) else {}
-        v = stateful_builder(node, m).unrolled(self.em, m, xs, self.T, shifted=node.args[0] in self.shifted,
-                                               schedule=self.snn.schedule, **neg)
+        if node in self.residual:
+            v = self._residual_if(node)
+        else:
+            xs = [self.env[a] for a in node.args if isinstance(a, fx.Node)]
+            src = node.args[0]
+            neg = {"negated": True} if src in self.negated and isinstance(self.env.get(src), list) else {}
+            v = stateful_builder(node, m).unrolled(self.em, m, xs, self.T, shifted=node.args[0] in self.shifted,
+                                                   schedule=self.snn.schedule, **neg)
         self.env[node] = v
         if self.probes:  # the accumulated output after every step, [T, B, ...]
             axes = self.em.const(np.array([0], dtype=np.int64))
@@ -369,6 +447,26 @@ class _Unroller:
             probe = self.em.op("Concat", steps, {"axis": 0}, name=probe_name(node.target))
             probe.shape = [self.T, BATCH, *self.shapes[node]]
             self.probe_outs.append(probe)
+
+    def _residual_if(self, node: fx.Node) -> list:
+        """An IF neuron fed by ``main + short`` (:meth:`_residual_sum`), in the blocked layout end to end: per step
+        ``u = −short_t + c_{t−1}`` (onnxruntime fuses the Add into the shortcut's conv), ``d = −X_main,t + u`` and
+        ``s = HardSigmoid(α·d + 1)`` (fused into the main conv, as for a conv-fed neuron), ``c_t = c_{t−1} + s``.
+        The comparison constant ``1 − φ`` rides in the main conv's bias. Same decision as ``X'_t ≥ c_{t−1}`` up to
+        the rounding of the reordered sum (a threshold tie)."""
+        main, short, how = self.residual[node]
+        em = self.em
+        counts, c = [], None
+        for t in range(1, self.T + 1):
+            neg_short = self.at_step(short, t)
+            if how == "identity":
+                neg_short = negate_channels(em, neg_short, self.shapes[short][0])
+            u = neg_short if c is None else em.op("Add", [neg_short, c])
+            d = em.op("Add", [self.at_step(main, t), u])  # the conv first: onnxruntime fuses the Add into it
+            s = em.op("HardSigmoid", [d], {"alpha": STEP_ALPHA, "beta": 1.0})
+            c = s if c is None else em.op("Add", [c, s])
+            counts.append(c)
+        return counts
 
     def _folded_readout(self, folded, K: list[int]):
         """``logits_per_step = J·c_t / N(t) + f(0)``: one MatMul over all steps (reads J once; per-step MatMuls

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from ann2snn.errors import Ann2SnnError, ConversionError
 from ann2snn.neurons import StatefulModule
@@ -48,6 +46,29 @@ def symbolic_trace(model: nn.Module, *, leaf_modules=LEAF_MODULES, stack_traces:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+class _ShapeProp(fx.Interpreter):
+    """torch.fx's ShapeProp (``node.meta["tensor_meta"]``) for real tensors only: ShapeProp itself imports torch's
+    symbolic-shape machinery (sympy) on its first node, ~0.2 s of a conversion's process for fake tensors it is
+    never given here; errors propagate as raised, with no traceback printed."""
+
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        found = False
+
+        def meta(obj):
+            nonlocal found
+            if isinstance(obj, torch.Tensor):
+                found = True
+                return _extract_tensor_metadata(obj, include_contiguity=False)  # that check imports sympy
+            return obj
+
+        m = map_aggregate(result, meta)
+        if found:
+            n.meta["tensor_meta"] = m
+        n.meta["type"] = type(result)
+        return result
+
+
 def trace(model: nn.Module, *, example_input: torch.Tensor, leaf_modules=LEAF_MODULES) -> fx.GraphModule:
     """Symbolically trace ``model`` and record every node's output shape with ``example_input``.
 
@@ -57,10 +78,10 @@ def trace(model: nn.Module, *, example_input: torch.Tensor, leaf_modules=LEAF_MO
     gm = model if isinstance(model, fx.GraphModule) else symbolic_trace(model, leaf_modules=leaf_modules)
     gm.eval()
     try:
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints its own traceback
-            ShapeProp(gm).propagate(example_input)
+        with torch.no_grad():
+            _ShapeProp(gm).run(example_input)
     except Exception as exc:
-        root = exc.__cause__ or exc  # ShapeProp wraps the real error
+        root = exc
         first = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
         raise ConversionError(
             f"model does not run on an input of shape {tuple(example_input.shape)} ({first}); "

@@ -134,3 +134,24 @@ def test_average_pools_after_the_last_neuron_run_per_step(snns):
     readout = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == matmul.input[1]))
     channels = [m for m in snn.graph_module.modules() if isinstance(m, torch.nn.Linear)][-1].in_features
     assert readout.shape[0] == channels
+
+
+@pytest.mark.parametrize("granularity,how", [("channel", "affine"), ("layer", "identity")])
+def test_neurons_after_a_residual_add_step_in_the_blocked_layout(granularity, how):
+    """An IF neuron fed by ``conv + shortcut`` sums ``−conv + (−shortcut + c)`` itself: the shortcut negated by its
+    own depthwise conv (a per-channel scale: ``affine``; an identity: weight −1) or projection conv (``conv``), the
+    step a HardSigmoid; no comparison, cast or Sub is left, and the logits are the simulator's."""
+    snn = ann2snn.convert(make_qann("resnet", width=8, granularity=granularity), 4)
+    unroller = onnx_unrolled._Unroller(snn, snn.T, "direct", False)
+    hows = sorted({h for _, _, h in unroller.residual.values()})
+    assert hows == sorted({how, "conv"})
+    model = unroller.build()
+    ops = _ops(model)
+    assert not {"GreaterOrEqual", "Cast", "Sub"} & set(ops)
+    x = torch.rand(5, *snn.input_shape, generator=torch.Generator().manual_seed(6))
+    ref, counts = reference(snn, x, snn.T)
+    probed = build_unrolled(snn, probes=True)
+    out = _run(probed, x)
+    np.testing.assert_allclose(out["logits_per_step"], ref, **TOL)
+    for name, c in counts.items():
+        np.testing.assert_allclose(out["count." + name][-1], c, atol=1e-4)
