@@ -11,9 +11,9 @@ How it measures (:func:`measure`), so that a ratio ``SNN / (T × ANN)`` means so
   against the ANN's call just before it), so a change of machine load affects both sides of every ratio;
 - each call's wall time (latency) *and* process CPU time (work, all threads) are recorded; min, median and max
   are reported;
-- on CPU the unrolled SNN runs in micro-batches (:class:`~ann2snn.runtime.UnrolledRunner`, ``micro_batch``), and
-  the ANN in the same micro-batches, so both get the same cache-friendly schedule (``micro_batch=None``: both run
-  the whole batch at once);
+- on CPU the unrolled and the stateful SNN run in micro-batches (:class:`~ann2snn.runtime.UnrolledRunner`,
+  :class:`~ann2snn.runtime.StatefulRunner`, ``micro_batch``) and the ANN in the same micro-batches, so every
+  contender gets the same cache-friendly schedule (``micro_batch=None``: all run the whole batch at once);
 - with several threads, onnxruntime's workers sleep as soon as a run ends (``spinning=False``, the default here):
   spinning workers keep burning a core after their call, so whatever runs next — the next contender — pays for
   them. Measured (MNIST conv net ANN, batch 256, 2 cores shared by other jobs, per call): one thread alone 16.9 ms
@@ -200,7 +200,7 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
                 micro = micro_batch
             micro_used = micro
             if "stateful" in include:
-                st = StatefulRunner(build_stateful(snn, T=T)[0].SerializeToString(), **opts)
+                st = StatefulRunner(build_stateful(snn, T=T)[0].SerializeToString(), micro_batch=micro_batch, **opts)
             for b in batches:
                 x = xs[b]
                 tick(f"T={T} batch {b}")
@@ -243,7 +243,7 @@ def benchmark_onnx(path, *, batches=(1, 256), provider: str = "cpu", repeats: in
                            f"{list(shape)}; the file was modified or mismatched, re-export it")
     tick = progress or (lambda _msg: None)
     rng = np.random.default_rng(0)
-    runner = StatefulRunner(path, provider=provider, threads=threads, spinning=spinning) \
+    runner = StatefulRunner(path, provider=provider, threads=threads, spinning=spinning, micro_batch=micro_batch) \
         if fmt == FORMAT_STATEFUL else None
     unrolled = None if runner is not None else UnrolledRunner(path, provider=provider, threads=threads,
                                                               spinning=spinning, micro_batch=micro_batch)
@@ -256,7 +256,7 @@ def benchmark_onnx(path, *, batches=(1, 256), provider: str = "cpu", repeats: in
             times = measure({"stateful": lambda: runner.run(x, T)}, warmup=warmup, repeats=repeats)
         else:
             times = measure({"unrolled": lambda: unrolled.run(x)}, warmup=warmup, repeats=repeats)
-        micro = unrolled.micro_batch if unrolled is not None else None
+        micro = (unrolled or runner).micro_batch
         rows.append({**_row(T, b, times), "micro_batch": micro if micro and micro < b else None})
     return {"provider": used, "convention": meta.convention, "format": fmt, "rows": rows,
             "threads": threads if threads is not None else "library defaults",

@@ -176,11 +176,13 @@ class StatefulRunner:
         provider: ``auto`` | ``cuda`` | ``cpu`` (see :func:`make_session`); ``threads``, ``spinning``: as there.
         memory_pattern: as there; off by default here, where the two state sets already double the footprint.
         states: override the states recorded in the file (specs or their JSON form).
+        micro_batch: as :class:`UnrolledRunner`: on CPU a batch is driven in micro-batches (``"auto"``: sized from
+            the file's ``activation_bytes``; a number of samples; None: the whole batch at once).
     """
 
     def __init__(self, model: str | os.PathLike | bytes, *, provider: str = "auto", threads: int | None = None,
                  states: Sequence[StateSpec | Mapping[str, Any]] | None = None, spinning: bool | None = None,
-                 memory_pattern: bool = False) -> None:
+                 memory_pattern: bool = False, micro_batch: int | str | None = "auto") -> None:
         self.session, self.provider = make_session(model, provider=provider, threads=threads, spinning=spinning,
                                                    memory_pattern=memory_pattern)
         where = "the model" if isinstance(model, bytes) else repr(str(model))
@@ -188,6 +190,7 @@ class StatefulRunner:
         if self.metadata.format != FORMAT_STATEFUL:
             raise Ann2SnnError(f"{where} is not an ann2snn stateful ONNX file (format {self.metadata.format!r}); "
                                "export with --format stateful")
+        self.micro_batch = _resolve_micro_batch(micro_batch, self.provider, self.metadata.activation_bytes)
         self.states: tuple[StateSpec, ...] = self.metadata.states if states is None else tuple(
             s if isinstance(s, StateSpec) else StateSpec.from_json(s) for s in states)
         self.T = self.metadata.T
@@ -225,11 +228,22 @@ class StatefulRunner:
         No state is copied or allocated per step: two sets of state buffers are bound once (IOBinding, on CPU as
         on CUDA) and the steps alternate between them (step t reads one set and writes the other; a graph may not
         read and write one buffer). On CPU each step writes its outputs straight into row t of the result arrays;
-        per step only those rows (and, for a pre-encoded input, the input) are rebound.
+        per step only those rows (and, for a pre-encoded input, the input) are rebound. A batch larger than
+        :attr:`micro_batch` is driven T steps one micro-batch at a time.
         """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        seq = self.encoding == "sequence"
+        batch = x.shape[1] if seq else x.shape[0]
+        if not self.micro_batch or batch <= self.micro_batch:
+            return self._run_outputs(x, T, extra)
+        parts = [self._run_outputs(np.ascontiguousarray(x[:, i:i + self.micro_batch] if seq else
+                                                        x[i:i + self.micro_batch]), T, extra)
+                 for i in range(0, batch, self.micro_batch)]
+        return {n: np.concatenate([p[n] for p in parts], axis=1) for n in parts[0]}
+
+    def _run_outputs(self, x: np.ndarray, T: int | None, extra: Sequence[str]) -> dict[str, np.ndarray]:
         ort = _ort()
         T = self.T if T is None else int(T)
-        x = np.ascontiguousarray(x, dtype=np.float32)
         seq = self.encoding == "sequence"
         batch = x.shape[1] if seq else x.shape[0]
         dev = self._device
@@ -313,6 +327,16 @@ def micro_batch_size(activation_bytes: int | None, *, budget: int = MICRO_BATCH_
     return 1 << (n.bit_length() - 1)
 
 
+def _resolve_micro_batch(micro_batch, provider: str, activation_bytes: int | None) -> int | None:
+    """A runner's ``micro_batch`` argument as samples per run (None: the whole batch)."""
+    if micro_batch == "auto":
+        return None if provider == "cuda" else micro_batch_size(activation_bytes)
+    if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int)
+                                    or micro_batch < 1):
+        raise Ann2SnnError(f"micro_batch must be 'auto', a positive number of samples or None, got {micro_batch!r}")
+    return micro_batch
+
+
 def _batch_axis(shape) -> int:
     """The position of the dynamic batch axis in a declared input or output shape (0 when none is named)."""
     return next((i for i, d in enumerate(shape) if not isinstance(d, int)), 0)
@@ -368,12 +392,7 @@ class UnrolledRunner:
         if self.metadata.format != FORMAT_UNROLLED:
             raise Ann2SnnError(f"{where} is not an ann2snn unrolled ONNX file (format {self.metadata.format!r}); "
                                "export with --format unrolled, or run it with StatefulRunner")
-        if micro_batch == "auto":
-            micro_batch = None if self.provider == "cuda" else micro_batch_size(self.metadata.activation_bytes)
-        elif micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int)
-                                          or micro_batch < 1):
-            raise Ann2SnnError(f"micro_batch must be 'auto', a positive number of samples or None, got {micro_batch!r}")
-        self.micro_batch: int | None = micro_batch
+        self.micro_batch = _resolve_micro_batch(micro_batch, self.provider, self.metadata.activation_bytes)
         self.T = self.metadata.T
 
     def run_outputs(self, x: np.ndarray, outputs: Sequence[str] = (LOGITS_PER_STEP,)) -> dict[str, np.ndarray]:

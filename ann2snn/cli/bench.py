@@ -26,7 +26,7 @@ def micro_note(rows) -> str:
     r = next((r for r in rows if r.get("micro_batch")), None)
     if r is None:
         return ""
-    return (f" batch {r['batch']} ({r['micro_batch']}s): the ANN and the unrolled SNN both run it in micro-batches of "
+    return (f" batch {r['batch']} ({r['micro_batch']}s): the ANN and both SNN forms run it in micro-batches of "
             f"{r['micro_batch']} samples (--micro-batch).")
 
 
@@ -47,7 +47,7 @@ def micro_note(rows) -> str:
               help="onnxruntime workers spin after a run (--threads > 1); default: no spin, so that no contender "
                    "pays for the previous one's spinning workers.")
 @click.option("--micro-batch", default="auto", show_default=True,
-              help="Samples per onnxruntime run of the ANN and the unrolled SNN, both alike: auto (on CPU, sized from "
+              help="Samples per onnxruntime run of the ANN and the SNN, all alike: auto (on CPU, sized from "
                    "the SNN's largest tensor so a micro-batch stays in cache; none under CUDA), a number, or off "
                    "(the whole batch at once).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch simulator (slow at large batch).")

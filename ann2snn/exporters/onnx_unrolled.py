@@ -37,9 +37,10 @@ How the graph is laid out, and why (each choice measured on onnxruntime CPU):
   leave the layout); ``u = −shortcut + c_{t−1}`` fuses into that conv, ``−X_conv + u`` and the HardSigmoid into the
   main conv. ResNet-20, same A/B: 0.955 [0.87–1.03] at T = 4 batch 64, 0.914 [0.87–0.94] at T = 16 batch 32
   (micro-batches of 16), 0.947 at batch 1; the decision moves only at threshold ties (the sum's rounding).
-  Bipolar neurons (the exact convention) keep their Floor / Clip form (two-sided steps: not tried). For the same reason a per-channel
-  ``Affine`` (the scale threshold folding puts on a residual shortcut) is a depthwise 1×1 Conv, not a Mul
-  (``common.AFFINE_AS_CONV_CHANNELS``; ResNet-20 0.92–0.97 of the Mul form, bit-identical outputs).
+  Bipolar neurons (the exact convention) keep their Floor / Clip form (two-sided steps: not tried). For the same
+  reason a per-channel ``Affine`` (the scale threshold folding puts on a residual shortcut) is a depthwise 1×1
+  Conv, not a Mul (``common.AFFINE_AS_CONV_CHANNELS``; ResNet-20 0.92–0.97 of the Mul form, bit-identical
+  outputs).
 - With direct input, everything before the first neuron is time-invariant and runs once on ``[B, ...]``;
   the first neuron layer has the closed form ``c_t = floor(t·clip(a, 0, 1) + φ)`` (all steps, no recurrence).
   Except where the input feeds only cheap convs into IF neurons (:data:`PER_STEP_INPUT_MACS` multiply-adds per

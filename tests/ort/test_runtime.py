@@ -132,3 +132,19 @@ def test_unrolled_runner_refuses_a_stateful_file_and_a_bad_micro_batch(snns):
     for bad in (0, -3, "8", True):
         with pytest.raises(Ann2SnnError, match="micro_batch must be"):
             UnrolledRunner(build_unrolled(snn).SerializeToString(), provider="cpu", micro_batch=bad)
+
+
+@pytest.mark.parametrize("encoding", ["direct", "sequence"])
+def test_stateful_runner_drives_micro_batches_to_the_same_result(snns, encoding):
+    from ann2snn.exporters.onnx_stateful import build_stateful
+
+    snn = snns("digits")
+    model = build_stateful(snn, encoding=encoding)[0].SerializeToString()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(*((snn.T,) if encoding == "sequence" else ()), 11, *snn.input_shape, generator=g).numpy()
+    whole = StatefulRunner(model, provider="cpu", micro_batch=None)
+    parts = StatefulRunner(model, provider="cpu", micro_batch=3)
+    assert whole.micro_batch is None and parts.micro_batch == 3
+    a, b = whole.run(x, snn.T), parts.run(x, snn.T)
+    assert b.shape == (snn.T, 11, 10)
+    np.testing.assert_array_equal(a, b)
