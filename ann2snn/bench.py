@@ -172,7 +172,7 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
     from ann2snn.exporters.onnx_stateful import build_stateful
     from ann2snn.exporters.onnx_unrolled import build_unrolled
     from ann2snn.network import convert
-    from ann2snn.runtime import StatefulRunner, UnrolledRunner, make_session, run_in_micro_batches
+    from ann2snn.runtime import MicroBatcher, StatefulRunner, UnrolledRunner, make_session
 
     shape = tuple(getattr(qann, "input_shape", None) or ())
     if not shape:
@@ -206,7 +206,8 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
                 tick(f"T={T} batch {b}")
                 fns: dict[str, Callable[[], Any]] = {}
                 if ann_sess is not None:
-                    fns["ann"] = lambda: run_in_micro_batches(ann_sess, x, None, micro)
+                    ann_run = MicroBatcher(ann_sess, micro).run
+                    fns["ann"] = lambda: ann_run(x)
                 if un is not None:
                     fns["unrolled"] = lambda: un.run(x)
                 if st is not None:

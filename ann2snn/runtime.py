@@ -31,7 +31,7 @@ from ann2snn.exporters.contract import (
 )
 
 __all__ = ["cuda_usable", "installed_ort_builds", "make_session", "StatefulRunner", "UnrolledRunner", "PROVIDERS",
-           "micro_batch_size", "run_in_micro_batches", "MICRO_BATCH_BYTES"]
+           "micro_batch_size", "run_in_micro_batches", "MicroBatcher", "MICRO_BATCH_BYTES"]
 
 PROVIDERS = ("auto", "cuda", "cpu")
 _CUDA, _CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -312,7 +312,7 @@ class StatefulRunner:
 
 #: on CPU, a batch runs in micro-batches whose largest per-step tensor takes about this many bytes (a core's L2
 #: cache): measured on onnxruntime 1.32, one thread, batch 256, unrolled SNN T = 4 ÷ the same graph on the whole
-#: batch: MNIST conv net (49 KB a sample) 0.71 in micro-batches of 8–16, ResNet-20 (64 KB) 0.81 in micro-batches of
+#: batch: MNIST conv net (49 KB a sample) 0.73 in micro-batches of 8–16, ResNet-20 (64 KB) 0.81 in micro-batches of
 #: 16; the whole batch's tensors (12.8 MB each for the MNIST net) stream from memory at every elementwise pass
 MICRO_BATCH_BYTES = 1 << 20
 
@@ -342,29 +342,41 @@ def _batch_axis(shape) -> int:
     return next((i for i, d in enumerate(shape) if not isinstance(d, int)), 0)
 
 
+class MicroBatcher:
+    """``session.run`` on at most ``micro_batch`` samples at a time (None: one run), the results put back together
+    along each output's batch axis. The input's batch axis is its first dynamic one (``[B, ...]`` or, pre-encoded,
+    ``[T, B, ...]``). Names and axes are read from the session once, not per call."""
+
+    def __init__(self, session, micro_batch: int | None = None) -> None:
+        (inp,) = session.get_inputs()
+        self.session, self.micro_batch = session, micro_batch
+        self.input_name, self.axis = inp.name, _batch_axis(inp.shape)
+        self.output_axes = {o.name: _batch_axis(o.shape) for o in session.get_outputs()}
+
+    def run(self, x: np.ndarray, outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        axis, micro = self.axis, self.micro_batch
+        batch = x.shape[axis]
+        if not micro or batch <= micro:
+            return self.session.run(outputs, {self.input_name: x})
+        names = list(outputs) if outputs else list(self.output_axes)
+        axes = [self.output_axes[n] for n in names]
+        results: list[np.ndarray] | None = None
+        for start in range(0, batch, micro):
+            part = np.ascontiguousarray(x[(slice(None),) * axis + (slice(start, start + micro),)])
+            outs = self.session.run(names, {self.input_name: part})
+            if results is None:
+                results = [np.empty(o.shape[:a] + (batch,) + o.shape[a + 1:], dtype=o.dtype)
+                           for o, a in zip(outs, axes)]
+            for r, o, a in zip(results, outs, axes):
+                r[(slice(None),) * a + (slice(start, start + o.shape[a]),)] = o
+        return results
+
+
 def run_in_micro_batches(session, x: np.ndarray, outputs: Sequence[str] | None = None,
                          micro_batch: int | None = None) -> list[np.ndarray]:
-    """``session.run(outputs, {input: x})``, run on at most ``micro_batch`` samples at a time (None or a batch
-    that fits: one run) and put back together along each output's batch axis. The input's batch axis is its first
-    dynamic one (``[B, ...]`` or, for pre-encoded input, ``[T, B, ...]``)."""
-    (inp,) = session.get_inputs()
-    axis = _batch_axis(inp.shape)
-    batch = x.shape[axis]
-    if not micro_batch or batch <= micro_batch:
-        return session.run(outputs, {inp.name: x})
-    declared = {o.name: o.shape for o in session.get_outputs()}
-    names = list(outputs) if outputs else list(declared)
-    axes = [_batch_axis(declared[n]) for n in names]
-    results: list[np.ndarray] | None = None
-    for start in range(0, batch, micro_batch):
-        part = np.ascontiguousarray(x[(slice(None),) * axis + (slice(start, start + micro_batch),)])
-        outs = session.run(names, {inp.name: part})
-        if results is None:
-            results = [np.empty(o.shape[:a] + (batch,) + o.shape[a + 1:], dtype=o.dtype) for o, a in zip(outs, axes)]
-        for r, o, a in zip(results, outs, axes):
-            index = (slice(None),) * a + (slice(start, start + o.shape[a]),)
-            r[index] = o
-    return results
+    """``session.run(outputs, {input: x})`` in micro-batches of at most ``micro_batch`` samples
+    (:class:`MicroBatcher`; None or a batch that fits: one run)."""
+    return MicroBatcher(session, micro_batch).run(x, outputs)
 
 
 class UnrolledRunner:
@@ -394,13 +406,13 @@ class UnrolledRunner:
                                "export with --format unrolled, or run it with StatefulRunner")
         self.micro_batch = _resolve_micro_batch(micro_batch, self.provider, self.metadata.activation_bytes)
         self.T = self.metadata.T
+        self._batcher = MicroBatcher(self.session, self.micro_batch)
 
     def run_outputs(self, x: np.ndarray, outputs: Sequence[str] = (LOGITS_PER_STEP,)) -> dict[str, np.ndarray]:
         """The named graph outputs for input ``x`` (``[B, ...]``, or ``[T, B, ...]`` pre-encoded)."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        outs = run_in_micro_batches(self.session, x, list(outputs), self.micro_batch)
+        outs = self._batcher.run(np.ascontiguousarray(x, dtype=np.float32), list(outputs))
         return dict(zip(outputs, outs))
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Logits after every step t = 1..T, ``[T, B, K]``."""
-        return self.run_outputs(x)[LOGITS_PER_STEP]
+        return self._batcher.run(np.ascontiguousarray(x, dtype=np.float32), [LOGITS_PER_STEP])[0]

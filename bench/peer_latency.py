@@ -1,6 +1,9 @@
 """Latency of one zoo network as an SNN: ann2snn's unrolled graph on onnxruntime, ann2snn's PyTorch simulator and
 SpikingJelly 2.0 multi-step, at one T and batch size, single-threaded, taking turns call by call.
 
+The unrolled graph runs as :class:`ann2snn.runtime.UnrolledRunner` runs it (on CPU in cache-sized micro-batches);
+SpikingJelly and the simulator take the whole batch, as they ship.
+
 The QANN is the zoo architecture (L levels, channel-wise thresholds) with seeded random weights, BatchNorm statistics
 and thresholds (as ``bench/convert_scale.py``); SpikingJelly converts the ReLU ANN of the same architecture and
 weights (``Converter(RateCodingRecipe(loader, mode="max"))``, 2 batches of 16 random images) and runs multi-step
@@ -56,13 +59,13 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def contenders(arch: str, levels: int, T: int, with_sj: bool) -> dict:
     from ann2snn.exporters.onnx_unrolled import build_unrolled
-    from ann2snn.runtime import make_session
+    from ann2snn.runtime import UnrolledRunner
 
     torch.manual_seed(0)
     qann = randomize(ann2snn.models.create(arch, levels=levels, granularity="channel"))
     snn = ann2snn.convert(qann, T)
-    sess, _ = make_session(build_unrolled(snn, T=T).SerializeToString(), provider="cpu", threads=1)
-    out = {"ann2snn unrolled (onnxruntime)": lambda x: sess.run(["logits_per_step"], {"input": x}),
+    runner = UnrolledRunner(build_unrolled(snn, T=T).SerializeToString(), provider="cpu", threads=1)
+    out = {"ann2snn unrolled (onnxruntime)": runner.run,
            "ann2snn simulator (PyTorch)": lambda x: snn.simulate(torch.from_numpy(x), T)}
     if with_sj:
         from spikingjelly.activation_based import functional

@@ -88,14 +88,14 @@ def relu_net(seed: int) -> nn.Module:
 def ann2snn_runner(qann, x_test, y_test, *, T_max: int, time_T: int, threads: int = 1):
     """Accuracy at every T (one unrolled run at T_max) and a timing function at ``time_T`` (onnxruntime)."""
     from ann2snn.exporters.onnx_unrolled import build_unrolled
-    from ann2snn.runtime import make_session
+    from ann2snn.runtime import UnrolledRunner
 
     snn = ann2snn.convert(qann, T_max)
-    sess, provider = make_session(build_unrolled(snn, T=T_max).SerializeToString(), provider="cpu", threads=threads)
-    acc = accuracy(lambda xb: sess.run(["logits_per_step"], {"input": xb.numpy()})[0], x_test, y_test)
-    tsess, _ = make_session(build_unrolled(ann2snn.convert(qann, time_T)).SerializeToString(), provider="cpu",
-                            threads=threads)
-    return acc, (lambda xb: tsess.run(["logits"], {"input": xb})), provider
+    runner = UnrolledRunner(build_unrolled(snn, T=T_max).SerializeToString(), provider="cpu", threads=threads)
+    acc = accuracy(lambda xb: runner.run(xb.numpy()), x_test, y_test)
+    timed = UnrolledRunner(build_unrolled(ann2snn.convert(qann, time_T)).SerializeToString(), provider="cpu",
+                           threads=threads)  # on CPU in cache-sized micro-batches, as the product runs it
+    return acc, (lambda xb: timed.run_outputs(xb, ["logits"])), runner.provider
 
 
 def spikingjelly_runner(ann, x_train, x_test, y_test, *, mode, T_max: int, time_T: int):

@@ -37,10 +37,10 @@ How the graph is laid out, and why (each choice measured on onnxruntime CPU):
   leave the layout); ``u = −shortcut + c_{t−1}`` fuses into that conv, ``−X_conv + u`` and the HardSigmoid into the
   main conv. ResNet-20, same A/B: 0.955 [0.87–1.03] at T = 4 batch 64, 0.914 [0.87–0.94] at T = 16 batch 32
   (micro-batches of 16), 0.947 at batch 1; the decision moves only at threshold ties (the sum's rounding).
-  Bipolar neurons (the exact convention) keep their Floor / Clip form (two-sided steps: not tried). For the same
-  reason a per-channel ``Affine`` (the scale threshold folding puts on a residual shortcut) is a depthwise 1×1
-  Conv, not a Mul (``common.AFFINE_AS_CONV_CHANNELS``; ResNet-20 0.92–0.97 of the Mul form, bit-identical
-  outputs).
+  Bipolar neurons (the exact convention) keep their Floor / Clip form (a two-sided form with two HardSigmoid steps
+  and a depthwise conv measured 1.17× slower: ``docs/design.md``). For the same reason a per-channel ``Affine``
+  (the scale threshold folding puts on a residual shortcut) is a depthwise 1×1 Conv, not a Mul
+  (``common.AFFINE_AS_CONV_CHANNELS``; ResNet-20 0.92–0.97 of the Mul form, bit-identical outputs).
 - With direct input, everything before the first neuron is time-invariant and runs once on ``[B, ...]``;
   the first neuron layer has the closed form ``c_t = floor(t·clip(a, 0, 1) + φ)`` (all steps, no recurrence).
   Except where the input feeds only cheap convs into IF neurons (:data:`PER_STEP_INPUT_MACS` multiply-adds per
@@ -68,7 +68,6 @@ from torch import fx, nn
 
 from ann2snn.errors import Ann2SnnError, UnsupportedNodeError
 from ann2snn.exporters.common import (
-    AFFINE_AS_CONV_CHANNELS,
     OFFSETTABLE,
     STEP_ALPHA,
     Emitter,
@@ -92,7 +91,7 @@ from ann2snn.exporters.contract import (
     PROBE_PREFIX,  # noqa: F401  (verification-only outputs ``count.<module>``; re-exported)
     probe_name,
 )
-from ann2snn.neurons import StatefulModule
+from ann2snn.neurons import IFNeuron, StatefulModule
 
 __all__ = ["build_unrolled", "PROBE_PREFIX"]
 #: the read-out tail is composed into one matrix when it has at most this many entries
@@ -106,6 +105,9 @@ STACK_WEIGHT_RATIO = 4
 _AFFINE_KINDS = ("linear", "affine", "pool", "flatten", "reshape", "add", "cat", "identity", "layout", "token")
 
 
+#: a neuron after a residual add takes the blocked-layout form (:meth:`_Unroller._residual_if`) when its channels are a
+#: multiple of this (onnxruntime's NCHWc block: 8 floats with AVX2, 16 with AVX-512; other counts run unblocked)
+BLOCKED_CHANNELS = 8
 #: a first-layer conv fed by the direct input runs once per step on the accumulated input when it does at most this
 #: many multiply-adds per output (input channels per group × kernel area; 27 for a 3-channel 3×3 conv)
 PER_STEP_INPUT_MACS = 32
@@ -246,12 +248,13 @@ class _Unroller:
         for n in self.gm.graph.nodes:
             if classify_node(n, self.modules) == "stateful" and n.args and isinstance(n.args[0], fx.Node):
                 p, m = n.args[0], self.modules[n.target]
-                off = stateful_builder(n, m).input_offset(m)
+                builder = stateful_builder(n, m)
+                off = builder.input_offset(m)
                 if off is not None and len(p.users) == 1 and classify_node(p, self.modules) in OFFSETTABLE:
                     offsets[p] = off
-                    if self._negatable_conv(p) and stateful_builder(n, m).negatable(m):
+                    if self._negatable_conv(p) and builder.negatable(m):
                         self.negated.add(p)
-                elif off is not None and stateful_builder(n, m).negatable(m):
+                elif off is not None and isinstance(m, IFNeuron) and builder.negatable(m):
                     residual = self._residual_sum(n)
                     if residual is not None:
                         main, short, how = residual
@@ -280,7 +283,7 @@ class _Unroller:
             if not self._negatable_conv(main) or main is short:
                 continue
             shape = self.shapes.get(short, ())
-            if len(shape) != 3 or shape[0] % AFFINE_AS_CONV_CHANNELS:
+            if len(shape) != 3 or shape[0] % BLOCKED_CHANNELS:
                 return None
             if self._negatable_conv(short):
                 return main, short, "conv"
