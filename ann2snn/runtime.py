@@ -389,7 +389,8 @@ class UnrolledRunner:
 
     Args:
         model: path (or bytes) of the unrolled ONNX file.
-        provider, threads, spinning, memory_pattern: as :func:`make_session`.
+        provider: ``auto`` | ``cuda`` | ``cpu`` (see :func:`make_session`); ``threads``, ``spinning``,
+            ``memory_pattern``: as there.
         micro_batch: ``"auto"`` (default: from the file on CPU, none under CUDA), a number of samples, or None
             (the whole batch at once).
     """
