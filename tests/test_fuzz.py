@@ -632,3 +632,41 @@ def test_a_signed_layer_of_fewer_levels_exports_under_the_exact_schedule(tmp_pat
                     {0: nn.Conv2d(1, 2, 1), 1: SignedQCFS(2, alpha=0.5, init_threshold=0.5), 3: nn.Linear(72, 8),
                      4: QCFS(5, init_threshold=1.0), 5: nn.Linear(8, 3)}, (1, 6, 6)).eval()
     ann2snn.export(ann2snn.convert(model, T=4, convention="exact"), tmp_path / "m.onnx", format="unrolled")
+
+
+def test_random_qanns_with_every_residual_neuron_in_the_blocked_form(tmp_path, one_thread, monkeypatch):
+    """The blocked-layout forms chosen by channel count (a neuron after ``conv + shortcut`` summing the negated
+    shortcut itself, a per-channel scale as a depthwise conv), which the fuzzer's 1–4 channels never reach, forced
+    on every eligible node: the same outcomes, and the residual form does occur."""
+    from ann2snn.exporters import common, onnx_unrolled
+
+    monkeypatch.setattr(onnx_unrolled, "BLOCKED_CHANNELS", 1)
+    monkeypatch.setattr(common, "AFFINE_AS_CONV_CHANNELS", 1)
+    forms = collections.Counter()
+    residual_if = onnx_unrolled._Unroller._residual_if
+
+    def counting(self, node):
+        forms[self.residual[node][2]] += 1
+        return residual_if(self, node)
+
+    monkeypatch.setattr(onnx_unrolled._Unroller, "_residual_if", counting)
+    block = _Builder.block
+
+    def residual_block(self, v: int) -> int:  # half the blocks: q(conv(v) [+ BN] + shortcut), a ResNet's sum
+        if self.rng.random() < 0.5:
+            return block(self, v)
+        c = self.shapes[v][0]
+        a = self.conv(v, c, same=True)
+        a = self.bn(a) if self.rng.random() < 0.5 else a
+        u = self.rng.random()
+        b = v if u < 0.5 else self.conv(v, c, same=True) if u < 0.8 else self.quantizer(self.conv(v, c, same=True))
+        return self.quantizer(self.emit("add", (a, b), self.shapes[a]))
+
+    monkeypatch.setattr(_Builder, "block", residual_block)
+    first, t0 = FIRST_SEED + 200_000, time.perf_counter()
+    outcomes, failures, stats = run_fuzz(range(first, first + max(CASES // 5, 1)), tmp_path)
+    print(f"\nresidual forms {dict(forms)}; " + summary(outcomes, stats, time.perf_counter() - t0))
+    assert not failures, f"{len(failures)} fuzz failures (residual forms):\n" + "\n".join(failures[:10])
+    assert outcomes["verified", ""] > 0, outcomes
+    if CASES >= 50:
+        assert forms["identity"] > 0 and forms["conv"] + forms["affine"] > 0, forms

@@ -227,7 +227,6 @@ class _Unroller:
         self.stacks: dict[fx.Node, object] = {}  # a time-varying value's T steps concatenated, [T·B, ...]
         self.offsets = self._offset_producers()
         self.vary_input = self._input_varies()
-        self._settle_residuals()
 
     def _stacked_layers(self, stacked: bool | None) -> set[fx.Node]:
         """The conv / linear nodes run once on their T steps stacked (see :func:`build_unrolled`)."""
@@ -332,31 +331,14 @@ class _Unroller:
         """Whether the direct input is taken accumulated per step (:meth:`_direct_input`): it feeds only cheap
         negated convs (:data:`PER_STEP_INPUT_MACS`)."""
         def cheap(u: fx.Node) -> bool:
-            m = self.modules[u.target]
-            return m.in_channels // m.groups * int(np.prod(m.kernel_size)) <= PER_STEP_INPUT_MACS
+            m = self.modules.get(u.target) if u.op == "call_module" else None
+            return isinstance(m, nn.Conv2d) \
+                and m.in_channels // m.groups * int(np.prod(m.kernel_size)) <= PER_STEP_INPUT_MACS
 
         if self.encoding != "direct":
             return True
         (node,) = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         return bool(node.users) and all(u in self.negated and cheap(u) for u in node.users)
-
-    def _settle_residuals(self) -> None:
-        """Keep the residual form (:meth:`_residual_if`) only where the main conv runs per step; a shortcut that is
-        time-invariant is negated after its promotion (as an identity), not in its own emission."""
-        varying: set[fx.Node] = set()
-        for n in self.gm.graph.nodes:
-            if (n.op == "placeholder" and self.vary_input) or classify_node(n, self.modules) == "stateful" \
-                    or any(a in varying for a in n.all_input_nodes):
-                varying.add(n)
-        for n, (main, short, how) in list(self.residual.items()):
-            if main not in varying:
-                del self.residual[n]
-                self.negated.discard(main)
-                self.negated.discard(short)
-                self.offsets.pop(main, None)
-            elif short not in varying and how != "identity":
-                self.negated.discard(short)
-                self.residual[n] = (main, short, "identity")
 
     def _direct_input(self, node: fx.Node):
         """The direct input: static (everything up to the first neurons runs once), or, when it feeds only cheap
@@ -436,9 +418,11 @@ class _Unroller:
 
     def _stateful(self, node: fx.Node) -> None:
         m: StatefulModule = self.modules[node.target]
-        if node in self.residual:
+        if node in self.residual and isinstance(self.env[self.residual[node][0]], list):
             v = self._residual_if(node)
         else:
+            if node in self.residual:  # the main conv turned out time-invariant: the plain sum after all
+                self._plain_residual_sum(node)
             xs = [self.env[a] for a in node.args if isinstance(a, fx.Node)]
             src = node.args[0]
             neg = {"negated": True} if src in self.negated and isinstance(self.env.get(src), list) else {}
@@ -460,10 +444,12 @@ class _Unroller:
         the rounding of the reordered sum (a threshold tie)."""
         main, short, how = self.residual[node]
         em = self.em
+        # a shortcut run once (time-invariant) was emitted as it is, whatever its kind: negate it like an identity
+        emitted_negated = how != "identity" and isinstance(self.env[short], list)
         counts, c = [], None
         for t in range(1, self.T + 1):
             neg_short = self.at_step(short, t)
-            if how == "identity":
+            if not emitted_negated:
                 neg_short = negate_channels(em, neg_short, self.shapes[short][0])
             u = neg_short if c is None else em.op("Add", [neg_short, c])
             d = em.op("Add", [self.at_step(main, t), u])  # the conv first: onnxruntime fuses the Add into it
@@ -471,6 +457,18 @@ class _Unroller:
             c = s if c is None else em.op("Add", [c, s])
             counts.append(c)
         return counts
+
+    def _plain_residual_sum(self, node: fx.Node) -> None:
+        """``env`` of the residual add feeding ``node`` when its main conv runs once (time-invariant input): the sum
+        itself, the shortcut's sign undone where it was emitted negated; the neuron then takes its ordinary form."""
+        main, short, how = self.residual.pop(node)
+        add, em = node.args[0], self.em
+        sv = self.env[short]
+        if not isinstance(sv, list):
+            self.env[add] = em.op("Add", [self.env[main], sv])
+            return
+        op = "Sub" if how != "identity" else "Add"
+        self.env[add] = [em.op(op, [self.at_step(main, t), sv[t - 1]]) for t in range(1, self.T + 1)]
 
     def _folded_readout(self, folded, K: list[int]):
         """``logits_per_step = J·c_t / N(t) + f(0)``: one MatMul over all steps (reads J once; per-step MatMuls
