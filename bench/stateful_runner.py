@@ -1,9 +1,10 @@
 """The stateful runner's cost: peak memory of one run, and the time it adds per run, beside the unrolled graph.
 
-- memory: one fresh process per contender runs the graph twice (steady state: onnxruntime allocates a planned
-  memory pattern on the second run) at ``--batch`` (default 256) for ``--T`` steps (default 16) and reports its
-  peak resident memory (``ru_maxrss``) minus the resident memory just before the runs (model, session and input
-  loaded), single-threaded;
+- memory: one fresh process per contender (the unrolled graph on the whole batch; the unrolled graph as
+  ``UnrolledRunner`` runs it, in micro-batches on CPU; the stateful runner, also in micro-batches) runs the graph
+  twice (steady state: onnxruntime allocates a planned memory pattern on the second run) at ``--batch`` (default
+  256) for ``--T`` steps (default 16) and reports its peak resident memory (``ru_maxrss``) minus the resident
+  memory just before the runs (model, session and input loaded), single-threaded;
 - overhead: in one process, the stateful graph of a tiny network (``digits-cnn``, batch 1) driven T steps by this
   checkout's runner and, with ``--baseline DIR``, by another checkout's, taking turns call by call; the difference
   of their medians is per-run driver overhead (the graph and its work are the same).
@@ -35,9 +36,13 @@ snn = ann2snn.convert(ann2snn.models.create(arch, levels=4).eval(), T)
 d = tempfile.mkdtemp()
 files = ann2snn.export(snn, d + "/m.onnx", verify=False).files
 x = np.random.default_rng(0).random((batch, *snn.input_shape), dtype=np.float32)
-if which == "unrolled":
+if which == "unrolled":  # the whole batch in one run
     sess, _ = make_session(files["unrolled"], provider="cpu", threads=1)
     run = lambda: sess.run(["logits_per_step"], {"input": x})
+elif which == "unrolled runner":  # as ann2snn runs it: on CPU in micro-batches
+    from ann2snn.runtime import UnrolledRunner
+    runner = UnrolledRunner(files["unrolled"], provider="cpu", threads=1)
+    run = lambda: runner.run(x)
 else:
     runner = StatefulRunner(files["stateful"], provider="cpu", threads=1)
     run = lambda: runner.run(x, T)
@@ -100,13 +105,14 @@ def main(argv=None) -> dict:
     p.add_argument("--baseline", default="")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
-    contenders = {"unrolled": str(ROOT), "stateful": str(ROOT)}
+    contenders = {"unrolled": ("unrolled", str(ROOT)), "unrolled runner": ("unrolled runner", str(ROOT)),
+                  "stateful": ("stateful", str(ROOT))}
     if a.baseline:
-        contenders["stateful (baseline)"] = a.baseline
+        contenders["stateful (baseline)"] = ("stateful", a.baseline)
     mem: dict[str, list] = {k: [] for k in contenders}
     for _ in range(a.rounds):
-        for k, path in contenders.items():
-            mem[k].append(memory("unrolled" if k == "unrolled" else "stateful", a.arch, a.batch, a.T, path))
+        for k, (which, path) in contenders.items():
+            mem[k].append(memory(which, a.arch, a.batch, a.T, path))
     for k, rs in mem.items():
         print(f"{a.arch} batch {a.batch} T={a.T} {k:22s} memory of one run (MB): "
               + ", ".join(f"{r['run_mb']:.0f}" if "run_mb" in r else r["error"] for r in rs)
