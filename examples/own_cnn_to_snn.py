@@ -22,8 +22,8 @@ from torch import nn
 
 import ann2snn
 from ann2snn.data import load_digits
-from ann2snn.exporters.contract import INPUT, LOGITS
-from ann2snn.runtime import StatefulRunner, make_session
+from ann2snn.exporters.contract import LOGITS
+from ann2snn.runtime import StatefulRunner, UnrolledRunner
 from ann2snn.train import fit
 
 
@@ -82,8 +82,7 @@ def main(argv=None) -> dict:
     res = ann2snn.export(snn, a.out / "my_cnn.snn.onnx", format="both", force=True)  # verified, then written
     for fmt, rep in res.verification.items():
         print(f"{fmt}: max |ONNX − simulator| = {rep['max_abs_error']:.2g} on {rep['samples']} samples")
-    sess, _ = make_session(res.files["unrolled"], provider="cpu")
-    onnx_logits = sess.run([LOGITS], {INPUT: x.numpy()})[0]
+    onnx_logits = UnrolledRunner(res.files["unrolled"], provider="cpu").run_outputs(x.numpy(), [LOGITS])[LOGITS]
     stateful_logits = StatefulRunner(res.files["stateful"], provider="cpu").run(x.numpy())[-1]
     onnx_acc = int((onnx_logits.argmax(-1) == y.numpy()).sum()) / len(y)
     stateful_acc = int((stateful_logits.argmax(-1) == y.numpy()).sum()) / len(y)
