@@ -172,7 +172,7 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
     from ann2snn.exporters.onnx_stateful import build_stateful
     from ann2snn.exporters.onnx_unrolled import build_unrolled
     from ann2snn.network import convert
-    from ann2snn.runtime import MicroBatcher, StatefulRunner, UnrolledRunner, make_session
+    from ann2snn.runtime import MicroBatcher, StatefulRunner, UnrolledRunner, make_session, resolve_micro_batch
 
     shape = tuple(getattr(qann, "input_shape", None) or ())
     if not shape:
@@ -191,14 +191,12 @@ def benchmark(qann: nn.Module, *, Ts=(1, 2, 4, 8), batches=(1, 256), provider: s
         for T in Ts:
             snn = convert(qann, T, convention=convention)
             un = st = None
-            # the unrolled runner is built whenever the micro-batch comes from its file, so the ANN gets the same one
-            if "unrolled" in include or micro_batch == "auto":
-                un = UnrolledRunner(build_unrolled(snn, T=T).SerializeToString(), micro_batch=micro_batch, **opts)
-                used, micro = un.provider, un.micro_batch
-                un = un if "unrolled" in include else None
-            else:
-                micro = micro_batch
-            micro_used = micro
+            unrolled = build_unrolled(snn, T=T)
+            if "unrolled" in include:
+                un = UnrolledRunner(unrolled.SerializeToString(), micro_batch=micro_batch, **opts)
+                used = un.provider
+            # the ANN runs in the micro-batches the unrolled file asks for, as the SNN runners do
+            micro = micro_used = resolve_micro_batch(micro_batch, used, read_metadata(unrolled).activation_bytes)
             if "stateful" in include:
                 st = StatefulRunner(build_stateful(snn, T=T)[0].SerializeToString(), micro_batch=micro_batch, **opts)
             for b in batches:
@@ -232,32 +230,28 @@ def benchmark_onnx(path, *, batches=(1, 256), provider: str = "cpu", repeats: in
     """Time an exported ann2snn ONNX file (unrolled: one run, in micro-batches as :class:`UnrolledRunner` runs it;
     stateful: driven T steps). No ANN baseline (the weights of the QANN are not in the file): pass the QANN
     checkpoint for ratios."""
-    from ann2snn.runtime import StatefulRunner, UnrolledRunner, make_session
+    from ann2snn.runtime import StatefulRunner, UnrolledRunner
 
-    spinning = _spinning(spinning, threads)
-    sess, used = make_session(path, provider=provider, threads=threads, spinning=spinning)
-    meta = read_metadata(sess, where=repr(str(path)))
-    fmt, T, shape = meta.format, meta.T, meta.input_shape
-    inputs = {i.name: i.shape for i in sess.get_inputs()}
+    where = repr(str(path))
+    meta = read_metadata(path, where=where)  # the file says which runner drives it; that runner's session is timed
+    stateful = meta.format == FORMAT_STATEFUL
+    runner = (StatefulRunner if stateful else UnrolledRunner)(
+        path, provider=provider, threads=threads, spinning=_spinning(spinning, threads), micro_batch=micro_batch)
+    fmt, T, shape, used = meta.format, meta.T, meta.input_shape, runner.provider
+    inputs = {i.name: i.shape for i in runner.session.get_inputs()}
     if INPUT not in inputs or [d for d in inputs[INPUT] if isinstance(d, int)][-len(shape):] != list(shape):
-        raise Ann2SnnError(f"{str(path)!r}: its input {inputs.get(INPUT)} does not match its recorded input shape "
+        raise Ann2SnnError(f"{where}: its input {inputs.get(INPUT)} does not match its recorded input shape "
                            f"{list(shape)}; the file was modified or mismatched, re-export it")
     tick = progress or (lambda _msg: None)
     rng = np.random.default_rng(0)
-    runner = StatefulRunner(path, provider=provider, threads=threads, spinning=spinning, micro_batch=micro_batch) \
-        if fmt == FORMAT_STATEFUL else None
-    unrolled = None if runner is not None else UnrolledRunner(path, provider=provider, threads=threads,
-                                                              spinning=spinning, micro_batch=micro_batch)
     seq = meta.encoding == "sequence"
     rows = []
     for b in batches:
         x = rng.random(((T,) if seq else ()) + (b, *shape), dtype=np.float32)
         tick(f"{fmt} batch {b}")
-        if runner is not None:
-            times = measure({"stateful": lambda: runner.run(x, T)}, warmup=warmup, repeats=repeats)
-        else:
-            times = measure({"unrolled": lambda: unrolled.run(x)}, warmup=warmup, repeats=repeats)
-        micro = (unrolled or runner).micro_batch
+        run = (lambda: runner.run(x, T)) if stateful else (lambda: runner.run(x))
+        times = measure({fmt: run}, warmup=warmup, repeats=repeats)
+        micro = runner.micro_batch
         rows.append({**_row(T, b, times), "micro_batch": micro if micro and micro < b else None})
     return {"provider": used, "convention": meta.convention, "format": fmt, "rows": rows,
             "threads": threads if threads is not None else "library defaults",

@@ -31,7 +31,7 @@ from ann2snn.exporters.contract import (
 )
 
 __all__ = ["cuda_usable", "installed_ort_builds", "make_session", "StatefulRunner", "UnrolledRunner", "PROVIDERS",
-           "micro_batch_size", "run_in_micro_batches", "MicroBatcher", "MICRO_BATCH_BYTES"]
+           "micro_batch_size", "resolve_micro_batch", "MicroBatcher", "MICRO_BATCH_BYTES"]
 
 PROVIDERS = ("auto", "cuda", "cpu")
 _CUDA, _CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -190,7 +190,7 @@ class StatefulRunner:
         if self.metadata.format != FORMAT_STATEFUL:
             raise Ann2SnnError(f"{where} is not an ann2snn stateful ONNX file (format {self.metadata.format!r}); "
                                "export with --format stateful")
-        self.micro_batch = _resolve_micro_batch(micro_batch, self.provider, self.metadata.activation_bytes)
+        self.micro_batch = resolve_micro_batch(micro_batch, self.provider, self.metadata.activation_bytes)
         self.states: tuple[StateSpec, ...] = self.metadata.states if states is None else tuple(
             s if isinstance(s, StateSpec) else StateSpec.from_json(s) for s in states)
         self.T = self.metadata.T
@@ -236,10 +236,10 @@ class StatefulRunner:
         batch = x.shape[1] if seq else x.shape[0]
         if not self.micro_batch or batch <= self.micro_batch:
             return self._run_outputs(x, T, extra)
-        parts = [self._run_outputs(np.ascontiguousarray(x[:, i:i + self.micro_batch] if seq else
-                                                        x[i:i + self.micro_batch]), T, extra)
-                 for i in range(0, batch, self.micro_batch)]
-        return {n: np.concatenate([p[n] for p in parts], axis=1) for n in parts[0]}
+        names = list(dict.fromkeys([LOGITS_T, *extra]))  # the order _run_outputs returns them in
+        outs = _in_micro_batches(lambda part: list(self._run_outputs(part, T, extra).values()), x,
+                                 1 if seq else 0, self.micro_batch, [1] * len(names))  # outputs are [T, B, ...]
+        return dict(zip(names, outs))
 
     def _run_outputs(self, x: np.ndarray, T: int | None, extra: Sequence[str]) -> dict[str, np.ndarray]:
         ort = _ort()
@@ -327,8 +327,10 @@ def micro_batch_size(activation_bytes: int | None, *, budget: int = MICRO_BATCH_
     return 1 << (n.bit_length() - 1)
 
 
-def _resolve_micro_batch(micro_batch, provider: str, activation_bytes: int | None) -> int | None:
-    """A runner's ``micro_batch`` argument as samples per run (None: the whole batch)."""
+def resolve_micro_batch(micro_batch, provider: str, activation_bytes: int | None) -> int | None:
+    """A runner's ``micro_batch`` argument (``"auto"``, a number of samples or None) as samples per run (None: the
+    whole batch), for a session on ``provider`` and a file whose largest per-sample tensor takes
+    ``activation_bytes``."""
     if micro_batch == "auto":
         return None if provider == "cuda" else micro_batch_size(activation_bytes)
     if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int)
@@ -354,29 +356,25 @@ class MicroBatcher:
         self.output_axes = {o.name: _batch_axis(o.shape) for o in session.get_outputs()}
 
     def run(self, x: np.ndarray, outputs: Sequence[str] | None = None) -> list[np.ndarray]:
-        axis, micro = self.axis, self.micro_batch
-        batch = x.shape[axis]
-        if not micro or batch <= micro:
+        if not self.micro_batch or x.shape[self.axis] <= self.micro_batch:
             return self.session.run(outputs, {self.input_name: x})
         names = list(outputs) if outputs else list(self.output_axes)
-        axes = [self.output_axes[n] for n in names]
-        results: list[np.ndarray] | None = None
-        for start in range(0, batch, micro):
-            part = np.ascontiguousarray(x[(slice(None),) * axis + (slice(start, start + micro),)])
-            outs = self.session.run(names, {self.input_name: part})
-            if results is None:
-                results = [np.empty(o.shape[:a] + (batch,) + o.shape[a + 1:], dtype=o.dtype)
-                           for o, a in zip(outs, axes)]
-            for r, o, a in zip(results, outs, axes):
-                r[(slice(None),) * a + (slice(start, start + o.shape[a]),)] = o
-        return results
+        return _in_micro_batches(lambda part: self.session.run(names, {self.input_name: part}), x, self.axis,
+                                 self.micro_batch, [self.output_axes[n] for n in names])
 
 
-def run_in_micro_batches(session, x: np.ndarray, outputs: Sequence[str] | None = None,
-                         micro_batch: int | None = None) -> list[np.ndarray]:
-    """``session.run(outputs, {input: x})`` in micro-batches of at most ``micro_batch`` samples
-    (:class:`MicroBatcher`; None or a batch that fits: one run)."""
-    return MicroBatcher(session, micro_batch).run(x, outputs)
+def _in_micro_batches(run, x: np.ndarray, axis: int, micro: int, out_axes: Sequence[int]) -> list[np.ndarray]:
+    """``run(part)`` (a list of arrays) on at most ``micro`` samples of ``x`` at a time along its batch ``axis``,
+    each output written into its place along its own batch axis (``out_axes``) of an array allocated once."""
+    batch, results = x.shape[axis], None
+    for start in range(0, batch, micro):
+        outs = run(np.ascontiguousarray(x[(slice(None),) * axis + (slice(start, start + micro),)]))
+        if results is None:
+            results = [np.empty(o.shape[:a] + (batch,) + o.shape[a + 1:], dtype=o.dtype)
+                       for o, a in zip(outs, out_axes)]
+        for r, o, a in zip(results, outs, out_axes):
+            r[(slice(None),) * a + (slice(start, start + o.shape[a]),)] = o
+    return results
 
 
 class UnrolledRunner:
@@ -405,7 +403,7 @@ class UnrolledRunner:
         if self.metadata.format != FORMAT_UNROLLED:
             raise Ann2SnnError(f"{where} is not an ann2snn unrolled ONNX file (format {self.metadata.format!r}); "
                                "export with --format unrolled, or run it with StatefulRunner")
-        self.micro_batch = _resolve_micro_batch(micro_batch, self.provider, self.metadata.activation_bytes)
+        self.micro_batch = resolve_micro_batch(micro_batch, self.provider, self.metadata.activation_bytes)
         self.T = self.metadata.T
         self._batcher = MicroBatcher(self.session, self.micro_batch)
 

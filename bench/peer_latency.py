@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,32 +36,12 @@ import ann2snn  # noqa: E402
 from ann2snn.bench import measure, spread  # noqa: E402
 
 
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Seeded BatchNorm statistics and QCFS thresholds (a fresh model has them all at 1)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def u(t, lo, hi):
-        t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
-
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                u(m.running_mean, -0.3, 0.3)
-                u(m.running_var, 0.5, 2.0)
-                u(m.weight, 0.5, 1.5)
-                u(m.bias, -0.2, 0.4)
-            elif isinstance(m, ann2snn.layers.QCFS):
-                target = torch.rand(m.lam.shape, generator=g) * 1.2 + 0.3
-                m.lam.copy_(ann2snn.layers.inverse_softplus(target) if m.positive == "softplus" else target)
-    return model.eval()
-
-
 def contenders(arch: str, levels: int, T: int, with_sj: bool) -> dict:
     from ann2snn.exporters.onnx_unrolled import build_unrolled
     from ann2snn.runtime import UnrolledRunner
 
     torch.manual_seed(0)
-    qann = randomize(ann2snn.models.create(arch, levels=levels, granularity="channel"))
+    qann = ann2snn.models.randomize(ann2snn.models.create(arch, levels=levels, granularity="channel"))
     snn = ann2snn.convert(qann, T)
     runner = UnrolledRunner(build_unrolled(snn, T=T).SerializeToString(), provider="cpu", threads=1)
     out = {"ann2snn unrolled (onnxruntime)": runner.run,
@@ -72,7 +51,7 @@ def contenders(arch: str, levels: int, T: int, with_sj: bool) -> dict:
         from spikingjelly.activation_based.ann2snn import Converter, RateCodingRecipe
 
         torch.manual_seed(0)
-        ann = randomize(ann2snn.models.create(arch, act="relu"))
+        ann = ann2snn.models.randomize(ann2snn.models.create(arch, act="relu"))
         g = torch.Generator().manual_seed(1)
         loader = [torch.rand(16, *ann.input_shape, generator=g) for _ in range(2)]
         sj = Converter(RateCodingRecipe(loader, mode="max")).convert(copy.deepcopy(ann)).eval()

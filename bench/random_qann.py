@@ -12,10 +12,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peer_latency import randomize  # noqa: E402
 
 import ann2snn  # noqa: E402
 
@@ -28,7 +25,8 @@ def main(argv=None) -> None:
     p.add_argument("-o", "--output", type=Path, required=True)
     a = p.parse_args(argv)
     torch.manual_seed(a.seed)
-    qann = randomize(ann2snn.models.create(a.arch, levels=a.levels, granularity="channel"), seed=a.seed)
+    qann = ann2snn.models.randomize(ann2snn.models.create(a.arch, levels=a.levels, granularity="channel"),
+                                    seed=a.seed)
     ann2snn.save(qann, a.output)
     print(f"wrote {a.output}")
 

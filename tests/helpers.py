@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import ann2snn
-from ann2snn.layers import QCFS, qcfs_modules
+from ann2snn.layers import qcfs_modules
 
 
 class Fn(nn.Module):
@@ -42,25 +42,9 @@ def level_mismatch_fraction(a: list[torch.Tensor], b: list[torch.Tensor]) -> flo
     return diff / max(1, sum(x.numel() for x in a))
 
 
-@torch.no_grad()
 def randomize(model: nn.Module, seed: int = 0, *, theta=(0.5, 2.0)) -> nn.Module:
     """Give BNs and QCFS thresholds seeded, non-trivial values (a freshly built model has θ and BN at 1)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def u(t, lo, hi):
-        t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
-
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            u(m.running_mean, -0.3, 0.3)
-            u(m.running_var, 0.5, 2.0)
-            u(m.weight, 0.5, 1.5)
-            u(m.bias, -0.2, 0.4)
-        elif isinstance(m, QCFS):
-            lo, hi = theta
-            target = torch.rand(m.lam.shape, generator=g) * (hi - lo) + lo
-            m.lam.copy_(ann2snn.layers.inverse_softplus(target) if m.positive == "softplus" else target)
-    return model.eval()
+    return ann2snn.models.randomize(model, seed, theta=theta)
 
 
 #: small zoo QANNs by key: MLP, VGG, ResNet, the digits CNN and a max-pool CNN

@@ -722,9 +722,7 @@ def metadata(snn, *, T: int, fmt: str, encoding: str, states=(), shapes: dict | 
     (:func:`node_shapes`) give its largest per-sample tensor."""
     from ann2snn.exporters.contract import ModelMetadata
 
-    largest = None
-    if shapes:
-        largest = 4 * max(int(np.prod(s)) for s in shapes.values() if isinstance(s, (tuple, list, torch.Size)))
+    largest = 4 * max(int(np.prod(s)) for s in shapes.values()) if shapes else None
     return ModelMetadata.for_network(snn, T=T, format=fmt, encoding=encoding, states=states,
                                      activation_bytes=largest).to_props()
 

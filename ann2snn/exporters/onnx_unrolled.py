@@ -226,7 +226,7 @@ class _Unroller:
         self.stacked = self._stacked_layers(stacked)
         self.stacks: dict[fx.Node, object] = {}  # a time-varying value's T steps concatenated, [T·B, ...]
         self.offsets = self._offset_producers()
-        self.vary_input = self._input_varies()
+        self.summed = {n.args[0] for n in self.residual}  # residual adds their neuron sums itself (_residual_if)
 
     def _stacked_layers(self, stacked: bool | None) -> set[fx.Node]:
         """The conv / linear nodes run once on their T steps stacked (see :func:`build_unrolled`)."""
@@ -327,30 +327,18 @@ class _Unroller:
         meta = metadata(self.snn, T=self.T, fmt=FORMAT_UNROLLED, encoding=self.encoding, shapes=self.shapes)
         return self.em.finish([self.inp], [logits, per_step, *self.probe_outs], meta)
 
-    def _input_varies(self) -> bool:
-        """Whether the direct input is taken accumulated per step (:meth:`_direct_input`): it feeds only cheap
-        negated convs (:data:`PER_STEP_INPUT_MACS`)."""
+    def _direct_input(self, node: fx.Node):
+        """The direct input: static (everything up to the first neurons runs once), or, when it feeds only cheap
+        negated convs (:data:`PER_STEP_INPUT_MACS`), accumulated per step ``N(t)·x``, so that those convs run per step
+        in the fused form of a hidden IF neuron instead of the closed form's Add / Floor chain."""
         def cheap(u: fx.Node) -> bool:
             m = self.modules.get(u.target) if u.op == "call_module" else None
             return isinstance(m, nn.Conv2d) \
                 and m.in_channels // m.groups * int(np.prod(m.kernel_size)) <= PER_STEP_INPUT_MACS
 
-        if self.encoding != "direct":
-            return True
-        (node,) = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
-        return bool(node.users) and all(u in self.negated and cheap(u) for u in node.users)
-
-    def _direct_input(self, node: fx.Node):
-        """The direct input: static (everything up to the first neurons runs once), or, when it feeds only cheap
-        negated convs (:data:`PER_STEP_INPUT_MACS`), accumulated per step ``N(t)·x``, so that those convs run per step
-        in the fused form of a hidden IF neuron instead of the closed form's Add / Floor chain."""
-        if self.vary_input:
-            steps: dict[int, object] = {1: self.inp}
-            for t in range(1, self.T + 1):
-                k = self.n_of(t)
-                if k not in steps:
-                    steps[k] = self.em.op("Mul", [self.inp, self.em.scalar(float(k))])
-            return [steps[self.n_of(t)] for t in range(1, self.T + 1)]
+        self.env[node] = self.inp
+        if node.users and all(u in self.negated and cheap(u) for u in node.users):
+            return [self.at_step(node, t) for t in range(1, self.T + 1)]  # N(t)·x, one Mul per distinct N(t)
         return self.inp
 
     def _sequence_input(self) -> list:
@@ -367,7 +355,7 @@ class _Unroller:
         return acc
 
     def _visit(self, node: fx.Node) -> None:
-        if any(node is n.args[0] for n in self.residual):
+        if node in self.summed:
             return  # a residual add that its neuron sums itself (_residual_if)
         kind = classify_node(node, self.modules)
         if kind == "size":

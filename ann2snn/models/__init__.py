@@ -24,7 +24,7 @@ from ann2snn.errors import Ann2SnnError
 from ann2snn.models.registry import REGISTRY as _REGISTRY
 from ann2snn.models.registry import register
 
-__all__ = ["register", "create", "available", "builtin", "import_arch_module"]
+__all__ = ["register", "create", "available", "builtin", "import_arch_module", "randomize"]
 
 def available() -> dict[str, Callable[..., nn.Module]]:
     """Registered architectures by name (the zoo and any registered by user code)."""
@@ -125,3 +125,28 @@ def _user_module_name(path: Path) -> str:
 
 def _load_builtin() -> None:
     from ann2snn.models import cnn, resnet, swin, vgg, vit  # noqa: F401  (registers on import)
+
+
+def randomize(model: nn.Module, seed: int = 0, *, theta: tuple[float, float] = (0.3, 1.5)) -> nn.Module:
+    """``model`` in eval mode with seeded BatchNorm statistics and QCFS thresholds (uniform in ``theta``): a freshly
+    built model has them all at 1. For timing (time does not depend on training) and for tests."""
+    import torch
+
+    from ann2snn.layers import QCFS, inverse_softplus
+
+    g = torch.Generator().manual_seed(seed)
+
+    def uniform(t, lo, hi):
+        t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                uniform(m.running_mean, -0.3, 0.3)
+                uniform(m.running_var, 0.5, 2.0)
+                uniform(m.weight, 0.5, 1.5)
+                uniform(m.bias, -0.2, 0.4)
+            elif isinstance(m, QCFS):
+                target = torch.rand(m.lam.shape, generator=g) * (theta[1] - theta[0]) + theta[0]
+                m.lam.copy_(inverse_softplus(target) if m.positive == "softplus" else target)
+    return model.eval()

@@ -81,8 +81,7 @@ def trace(model: nn.Module, *, example_input: torch.Tensor, leaf_modules=LEAF_MO
         with torch.no_grad():
             _ShapeProp(gm).run(example_input)
     except Exception as exc:
-        root = exc
-        first = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConversionError(
             f"model does not run on an input of shape {tuple(example_input.shape)} ({first}); "
             "pass the input shape the model was trained on (--input-shape C,H,W)"
